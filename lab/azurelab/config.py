@@ -1,0 +1,119 @@
+"""Where the lab lives: its state folder, its ports and the topology it seeds.
+
+Everything the lab writes goes below one ignored folder, ``.lab/`` at the repository root (``LAB_STATE_DIR``
+overrides it). Every server binds 127.0.0.1 only. Ports start at ``LAB_PORT_BASE`` (default 47000).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import yaml
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+TOPOLOGY_FILE = REPO_ROOT / "lab" / "topology.yml"
+HOST = "127.0.0.1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    """TCP ports of the lab's endpoints, all on 127.0.0.1."""
+
+    entra: int  # HTTPS: Entra ID token endpoint, OIDC discovery, JWKS
+    arm: int  # HTTPS: Azure Resource Manager
+    identity: int  # HTTP: managed identity endpoints, one path prefix per lab VM
+    postgres: int  # TLS PostgreSQL front (token or password login), relays to the real server
+    openbao: int  # HTTP: OpenBao dev server (the "before" state)
+
+    @classmethod
+    def from_base(cls, base: int) -> "Ports":
+        return cls(entra=base + 1, arm=base + 2, identity=base + 3, postgres=base + 4, openbao=base + 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabPaths:
+    """Files below the state folder."""
+
+    root: pathlib.Path
+
+    @property
+    def ca_cert(self) -> pathlib.Path:
+        return self.root / "tls" / "ca.pem"
+
+    @property
+    def ca_key(self) -> pathlib.Path:
+        return self.root / "tls" / "ca-key.pem"
+
+    @property
+    def server_cert(self) -> pathlib.Path:
+        return self.root / "tls" / "server.pem"
+
+    @property
+    def server_key(self) -> pathlib.Path:
+        return self.root / "tls" / "server-key.pem"
+
+    @property
+    def ca_bundle(self) -> pathlib.Path:
+        """System CAs plus the lab CA: what REQUESTS_CA_BUNDLE / SSL_CERT_FILE point at."""
+        return self.root / "tls" / "ca-bundle.pem"
+
+    @property
+    def signing_key(self) -> pathlib.Path:
+        return self.root / "tls" / "issuer-key.pem"
+
+    @property
+    def arm_state(self) -> pathlib.Path:
+        return self.root / "arm.json"
+
+    @property
+    def secrets(self) -> pathlib.Path:
+        """Lab-only secrets (server admin password, OpenBao root token); mode 0600."""
+        return self.root / "secrets.json"
+
+    @property
+    def env_file(self) -> pathlib.Path:
+        return self.root / "env.sh"
+
+    @property
+    def endpoints(self) -> pathlib.Path:
+        return self.root / "endpoints.json"
+
+    @property
+    def pids(self) -> pathlib.Path:
+        return self.root / "pids"
+
+    @property
+    def logs(self) -> pathlib.Path:
+        return self.root / "logs"
+
+    @property
+    def pg_data(self) -> pathlib.Path:
+        return self.root / "pg" / "data"
+
+    @property
+    def pg_socket_dir(self) -> pathlib.Path:
+        return self.root / "pg" / "run"
+
+    @property
+    def apps(self) -> pathlib.Path:
+        """Demo applications' configuration, one JSON file per application."""
+        return self.root / "apps"
+
+
+def state_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("LAB_STATE_DIR", REPO_ROOT / ".lab")).resolve()
+
+
+def paths() -> LabPaths:
+    return LabPaths(state_dir())
+
+
+def ports() -> Ports:
+    return Ports.from_base(int(os.environ.get("LAB_PORT_BASE", "47000")))
+
+
+def topology() -> dict:
+    """The seeded lab: tenant, subscription, resource groups, VMs, identities, servers, directory, apps."""
+    with open(TOPOLOGY_FILE, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
