@@ -21,3 +21,10 @@ lab-reset: venv
 	$(LAB) reset
 lab-status: venv
 	$(LAB) status
+
+# Tests: unit (no lab), then the lab-backed integration tests, then ansible-test sanity.
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+unit: venv
+	$(PYTEST) -q tests/unit
+
+test: unit

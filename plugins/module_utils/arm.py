@@ -1,0 +1,93 @@
+# -*- coding: utf-8 -*-
+# Copyright: csa-inabox core team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Azure Resource Manager clients, built lazily with one retry policy, and resource id helpers.
+
+Only the SDK a module uses is imported (azure.azcollection imports ~45 for every module).
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+
+# azure-core's defaults retry 429/5xx with exponential backoff and honour Retry-After; we keep them but cap the wait
+# so a throttled fleet run slows down instead of sleeping for minutes on one call.
+RETRY_TOTAL = 8
+RETRY_BACKOFF_FACTOR = 0.8
+RETRY_BACKOFF_MAX_S = 60
+
+_CLIENTS = {
+    # name: (module, class)
+    "msi": ("azure.mgmt.msi", "ManagedServiceIdentityClient"),
+    "compute": ("azure.mgmt.compute", "ComputeManagementClient"),
+    "postgres": ("azure.mgmt.postgresqlflexibleservers", "PostgreSQLManagementClient"),
+}
+
+_RESOURCE_ID = re.compile(
+    r"^/subscriptions/(?P<subscription>[^/]+)/resourcegroups/(?P<group>[^/]+)"
+    r"/providers/(?P<namespace>[^/]+)/(?P<type>[^/]+)/(?P<name>[^/]+)(?P<rest>/.*)?$", re.IGNORECASE)
+
+
+class ArmClients:
+    """Lazily built management clients for one credential, cloud and subscription.
+
+    ``clients.msi``, ``clients.compute``, ``clients.postgres``: each is created on first use and reused.
+    """
+
+    def __init__(self, credential, cloud, subscription_id):
+        self._credential = credential
+        self._cloud = cloud
+        self._subscription_id = subscription_id
+        self._built = {}
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in _CLIENTS:
+            raise AttributeError(name)
+        if name not in self._built:
+            self._built[name] = self._build(*_CLIENTS[name])
+        return self._built[name]
+
+    def _build(self, module_name, class_name):
+        import importlib  # pylint: disable=import-outside-toplevel
+
+        from azure.core.pipeline.policies import RetryPolicy  # pylint: disable=import-outside-toplevel
+
+        client_class = getattr(importlib.import_module(module_name), class_name)
+        return client_class(
+            credential=self._credential,
+            subscription_id=self._subscription_id,
+            base_url=self._cloud.resource_manager,
+            credential_scopes=[self._cloud.scope("resource_manager")],
+            retry_policy=RetryPolicy(retry_total=RETRY_TOTAL, retry_backoff_factor=RETRY_BACKOFF_FACTOR,
+                                     retry_backoff_max=RETRY_BACKOFF_MAX_S),
+        )
+
+
+def resource_id(subscription_id, resource_group, namespace, resource_type, name):
+    """``/subscriptions/{s}/resourceGroups/{rg}/providers/{namespace}/{type}/{name}``."""
+    return "/subscriptions/%s/resourceGroups/%s/providers/%s/%s/%s" % (
+        subscription_id, resource_group, namespace, resource_type, name)
+
+
+def parse_resource_id(value):
+    """Split an ARM resource id into a dict (subscription, group, namespace, type, name, rest); None if not one."""
+    match = _RESOURCE_ID.fullmatch(value or "")
+    return match.groupdict() if match else None
+
+
+def same_resource_id(left, right):
+    """ARM resource ids compare case-insensitively (``resourcegroups`` vs ``resourceGroups``, name casing)."""
+    return (left or "").rstrip("/").lower() == (right or "").rstrip("/").lower()
+
+
+def as_dict(model):
+    """An SDK model (or None) as a plain dict in REST (camelCase) shape, read-only properties included.
+
+    Both SDK generations are handled: msrest models (``serialize``) and the newer dict-like ones (``as_dict``).
+    """
+    if model is None or isinstance(model, dict):
+        return model
+    if hasattr(model, "serialize"):
+        return model.serialize(keep_readonly=True)
+    return model.as_dict()

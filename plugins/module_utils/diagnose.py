@@ -1,0 +1,85 @@
+# -*- coding: utf-8 -*-
+# Copyright: csa-inabox core team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Known Azure, Entra and driver failures, mapped to what the operator should do.
+
+The tutorial's troubleshooting table and AZURE_FACTS.md, turned into data: every module error passes through
+:func:`remedy`, so the fix travels with the failure instead of living in a wiki.
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+
+# (pattern searched in "<error code> <message>", remedy). First match wins; keep the specific ones first.
+REMEDIES = (
+    (r"AADSTS700024|not within its valid time range",
+     "The client assertion is outside its validity window: sync the workload's clock (NTP)."),
+    (r"AADSTS7000215|invalid_client",
+     "The service principal's secret is wrong or expired: renew it in the credential the job uses "
+     "(AZURE_CLIENT_SECRET, or AZURE_SECRET for AWX)."),
+    (r"Multiple user assigned identities exist",
+     "The workload has several user-assigned identities: pass client_id (or set AZURE_CLIENT_ID) to pick one."),
+    (r"Identity not found|ManagedIdentityCredential.*unavailable|No managed identity endpoint",
+     "No managed identity is attached where this ran: attach it to the workload (azure_mi_assignment) and run "
+     "the task on the workload itself."),
+    (r"DefaultAzureCredential failed to retrieve a token|CredentialUnavailable",
+     "No credential was found: on the control node set AZURE_CLIENT_ID/AZURE_TENANT_ID (+ secret or federated "
+     "token file), run 'az login', or run where a managed identity is attached."),
+    (r"InvalidAuthenticationToken|AuthenticationFailed",
+     "ARM refused the token: check cloud_environment (or cloud_endpoints) matches the subscription's cloud."),
+    (r"AuthorizationFailed|LinkedAuthorizationFailed",
+     "The control identity lacks an Azure role on this scope: grant it (e.g. Managed Identity Contributor on the "
+     "identity's resource group, Contributor on the server) and re-run."),
+    (r"ScopeLocked",
+     "A resource lock blocks the write: remove or relax the lock (read-only/delete) for the migration window."),
+    (r"ResourceGroupNotFound",
+     "The resource group does not exist in this subscription: check resource_group and subscription_id."),
+    (r"ResourceNotFound|ParentResourceNotFound",
+     "The resource does not exist: check its name, resource group and subscription."),
+    (r"SubscriptionRequestsThrottled|TooManyRequests|\b429\b",
+     "ARM throttled the subscription beyond the retry budget: lower forks/serial for this run or re-run later."),
+    (r"AnotherOperationInProgress|ConcurrentFederatedIdentityCredentialsWrites",
+     "Another write on the same resource is in progress: re-run; writes on one resource are serialised."),
+    (r"The access token has expired",
+     "The token expired before the connection opened: acquire a fresh token per new connection."),
+    (r"password authentication failed for user",
+     "PostgreSQL refused the login: for a managed identity, the role must be created with "
+     "pgaadauth_create_principal_with_oid using the identity's principal (object) id, and the user name must be "
+     "that role's name."),
+    (r"function pgaadauth_\w+.* does not exist",
+     "Microsoft Entra authentication is not enabled on this server: enable it through authConfig "
+     "(pg_server_entra, active_directory_auth: true) - not with azure.extensions or CREATE EXTENSION."),
+    (r"permission denied to create role|must be member of role|permission denied for function pgaadauth",
+     "Connect as a Microsoft Entra administrator of the server (pg_server_entra administrators) to create principals."),
+    (r"schema .* does not exist",
+     "The schema does not exist in this database: create it with the application's migrations first, or fix the grant."),
+    (r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|root certificate file",
+     "TLS verification failed: trust the server's CA (ssl_root_cert, PGSSLROOTCERT or REQUESTS_CA_BUNDLE)."),
+    (r"Connection refused|could not connect to server|timeout expired",
+     "The server is not reachable from where this ran: run database tasks on a host inside the server's network "
+     "(db_admin_host) and check firewall rules / private endpoints."),
+    (r"permission denied|403",
+     "Permission denied: check the Vault token's policy or the database role used."),
+)
+
+
+def error_text(exc):
+    """A one-line, secret-free description of an exception: ARM's error code and message when present."""
+    if exc is None:
+        return ""
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    message = getattr(error, "message", None) or getattr(exc, "message", None) or str(exc)
+    message = " ".join(str(message).split())
+    return "%s: %s" % (code, message) if code and code not in message else message
+
+
+def remedy(exc_or_text):
+    """The remedy for an exception or error text, or None when the failure is not a known one."""
+    text = exc_or_text if isinstance(exc_or_text, str) else error_text(exc_or_text)
+    for pattern, advice in REMEDIES:
+        if re.search(pattern, text, re.IGNORECASE):
+            return advice
+    return None

@@ -1,0 +1,84 @@
+# -*- coding: utf-8 -*-
+# Copyright: csa-inabox core team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""PostgreSQL connections with an Entra token as the password, and privilege catalog reads.
+
+Identifiers are always quoted by psycopg (``psycopg.sql.Identifier``); values are always bound parameters.
+Source for token logins: https://learn.microsoft.com/azure/postgresql/flexible-server/how-to-configure-sign-in-azure-ad-authentication
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+CONNECTION_ARGUMENT_SPEC = dict(
+    host=dict(type="str", required=True),
+    port=dict(type="int", default=5432),
+    admin_user=dict(type="str", required=True),
+    ssl_mode=dict(type="str", default="verify-full", choices=["require", "verify-ca", "verify-full"]),
+    ssl_root_cert=dict(type="path"),
+    connect_timeout=dict(type="int", default=15),
+)
+
+# What each kind of object accepts in GRANT (PostgreSQL 15 documentation, "Privileges", table 5.2).
+PRIVILEGES = {
+    "database": ("CONNECT", "CREATE", "TEMPORARY"),
+    "schema": ("USAGE", "CREATE"),
+    "table": ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"),
+    "sequence": ("USAGE", "SELECT", "UPDATE"),
+}
+PRIVILEGE_ALIASES = {"TEMP": "TEMPORARY"}
+
+
+def connect(host, port, dbname, user, token, ssl_mode="verify-full", ssl_root_cert=None, connect_timeout=15):
+    """Open a psycopg connection (autocommit off) with ``token`` as the password.
+
+    TLS is always on (Azure requires it); ``ssl_root_cert`` defaults to libpq's own (PGSSLROOTCERT or
+    ~/.postgresql/root.crt). Raises ``psycopg.OperationalError``; ImportError without psycopg.
+    """
+    import psycopg  # pylint: disable=import-outside-toplevel
+
+    kwargs = dict(host=host, port=port, dbname=dbname, user=user, password=token, sslmode=ssl_mode,
+                  connect_timeout=connect_timeout, application_name="csa_inabox.managed_identity")
+    if ssl_root_cert:
+        kwargs["sslrootcert"] = ssl_root_cert
+    return psycopg.connect(**kwargs)
+
+
+def render(conn, statement):
+    """The text of a composed statement, for the ``queries`` return value (identifiers quoted, no secrets)."""
+    return statement.as_string(conn) if hasattr(statement, "as_string") else str(statement)
+
+
+# Current privileges of one role in the connected database: (kind, schema, name, privilege) rows.
+# The database row has schema and name set to the database name; schema rows have name = schema.
+CURRENT_PRIVILEGES = """
+SELECT 'database', d.datname, d.datname, a.privilege_type
+  FROM pg_database d, aclexplode(d.datacl) a
+ WHERE d.datname = current_database() AND a.grantee = %(oid)s
+UNION ALL
+SELECT 'schema', n.nspname, n.nspname, a.privilege_type
+  FROM pg_namespace n, aclexplode(n.nspacl) a
+ WHERE a.grantee = %(oid)s
+UNION ALL
+SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, n.nspname, c.relname, a.privilege_type
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND a.grantee = %(oid)s
+"""
+
+# Default privileges granted to one role: (owner role, schema or '', kind, privilege).
+CURRENT_DEFAULT_PRIVILEGES = """
+SELECT pg_get_userbyid(d.defaclrole), COALESCE(n.nspname, ''),
+       CASE d.defaclobjtype WHEN 'r' THEN 'table' WHEN 'S' THEN 'sequence' ELSE d.defaclobjtype::text END,
+       a.privilege_type
+  FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace, aclexplode(d.defaclacl) a
+ WHERE a.grantee = %(oid)s
+"""
+
+# Objects of a kind in a schema, with their owners: (name, owner).
+OBJECTS_IN_SCHEMA = """
+SELECT c.relname, pg_get_userbyid(c.relowner)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = %(schema)s AND c.relkind = ANY(%(kinds)s)
+ ORDER BY c.relname
+"""
+RELKINDS = {"table": ["r", "p", "v", "m", "f"], "sequence": ["S"]}

@@ -1,0 +1,52 @@
+# -*- coding: utf-8 -*-
+# Copyright: csa-inabox core team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A HashiCorp Vault / OpenBao client whose token never passes through Ansible.
+
+The token is read inside the module from ``VAULT_TOKEN`` or from a token file (``token_file``, default
+``~/.vault-token``, what ``vault login`` / ``bao login`` write). Both servers share the HTTP API (hvac works unchanged).
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+VAULT_ARGUMENT_SPEC = dict(
+    url=dict(type="str", fallback=(lambda: os.environ.get("VAULT_ADDR"), [])),
+    token_file=dict(type="path", default="~/.vault-token"),
+    ca_cert=dict(type="path"),
+    namespace=dict(type="str"),
+)
+
+
+class VaultConfigError(ValueError):
+    """The Vault address or token cannot be found; the message says where they are looked for."""
+
+
+def read_token(token_file):
+    token = os.environ.get("VAULT_TOKEN")
+    if token:
+        return token.strip()
+    path = os.path.expanduser(token_file or "~/.vault-token")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise VaultConfigError("no Vault token: set VAULT_TOKEN in the environment or write it to %s (%s)"
+                               % (path, exc.strerror))
+    if not token:
+        raise VaultConfigError("the token file %s is empty" % path)
+    return token
+
+
+def client(params):
+    """An authenticated ``hvac.Client`` for the module's ``url``/``token_file``/``ca_cert``/``namespace`` params."""
+    import hvac  # pylint: disable=import-outside-toplevel
+
+    url = params.get("url") or os.environ.get("VAULT_ADDR")
+    if not url:
+        raise VaultConfigError("url is required (option, or VAULT_ADDR)")
+    verify = params.get("ca_cert") or os.environ.get("VAULT_CACERT") or True
+    return hvac.Client(url=url, token=read_token(params.get("token_file")), verify=verify,
+                       namespace=params.get("namespace") or os.environ.get("VAULT_NAMESPACE"))

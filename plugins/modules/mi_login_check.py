@@ -1,0 +1,173 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: csa-inabox core team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: mi_login_check
+short_description: Prove, from the workload itself, that its managed identity can log in to its database
+version_added: 0.1.0
+description:
+  - Acquires a token with the credential chain of the host the task runs on (run it on the workload, where its managed
+    identity endpoint or its workload identity is), connects to the database with it, runs a read-only query and
+    reports the user the database says it connected as.
+  - This is the migration's gate. Nothing is decommissioned or switched off for an application until this check has
+    passed as that application.
+  - Never changes anything. It runs in check mode too, because it only reads.
+author: csa-inabox core team
+options:
+  database_type:
+    description: Kind of database. PostgreSQL for now.
+    type: str
+    choices: [postgres]
+    default: postgres
+  database:
+    description: Database to connect to.
+    type: str
+    required: true
+  user:
+    description: User name to connect as. For PostgreSQL, the role created for the identity.
+    type: str
+    required: true
+  query:
+    description: Read-only query to run after connecting; its first row is returned.
+    type: str
+    default: SELECT current_user
+  expected_user:
+    description: Fail unless the database reports this C(current_user). Defaults to O(user).
+    type: str
+  host:
+    description: Server host name or address.
+    type: str
+    required: true
+  port:
+    description: Server port.
+    type: int
+    default: 5432
+  ssl_mode:
+    description: libpq C(sslmode).
+    type: str
+    default: verify-full
+    choices: [require, verify-ca, verify-full]
+  ssl_root_cert:
+    description: CA bundle to verify the server with. Defaults to libpq's (C(PGSSLROOTCERT)).
+    type: path
+  connect_timeout:
+    description: Seconds to wait for the connection.
+    type: int
+    default: 15
+extends_documentation_fragment:
+  - csa_inabox.managed_identity.azure
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Verify as the orders API, on its own VM
+  csa_inabox.managed_identity.mi_login_check:
+    host: pg-prod.postgres.database.azure.com
+    database: appdb
+    user: mi-orders-api
+    client_id: "{{ identity.identity.client_id }}"
+    auth_source: managed_identity
+    query: SELECT count(*) FROM orders.orders
+  register: login
+"""
+
+RETURN = r"""
+connected_as:
+  description: What the database reported as C(current_user).
+  returned: success
+  type: str
+  sample: mi-orders-api
+token_object_id:
+  description: The C(oid) claim of the token used (the identity's principal id). The token itself is never returned.
+  returned: success
+  type: str
+token_expires_on:
+  description: When the token used expires, in epoch seconds.
+  returned: success
+  type: int
+row:
+  description: First row of O(query), as a list.
+  returned: success
+  type: list
+  elements: raw
+elapsed_ms:
+  description: Time to get the token, connect and query, in milliseconds.
+  returned: success
+  type: int
+"""
+
+import base64
+import json
+import time
+
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import postgres as pg
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+
+
+def object_id_of(token):
+    """The ``oid`` claim, read without verifying (only the database verifies); None if unreadable."""
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("oid")
+    except (IndexError, ValueError):
+        return None
+
+
+def main():
+    mod = MIModule(dict(
+        database_type=dict(type="str", default="postgres", choices=["postgres"]),
+        database=dict(type="str", required=True),
+        user=dict(type="str", required=True),
+        query=dict(type="str", default="SELECT current_user"),
+        expected_user=dict(type="str"),
+        host=dict(type="str", required=True),
+        port=dict(type="int", default=5432),
+        ssl_mode=dict(type="str", default="verify-full", choices=["require", "verify-ca", "verify-full"]),
+        ssl_root_cert=dict(type="path"),
+        connect_timeout=dict(type="int", default=15),
+    ))
+    params = mod.params
+    started = time.monotonic()
+    try:
+        access = mod.credential.get_token(mod.cloud.scope("postgres"))
+    except Exception as exc:  # azure-identity raises several unrelated types
+        mod.fail("no token for the PostgreSQL audience from this host's credential (auth_source=%s)"
+                 % params["auth_source"], exc)
+    try:
+        import psycopg  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
+        mod.module.fail_json(msg=missing_required_lib("psycopg"))
+    try:
+        with pg.connect(params["host"], params["port"], params["database"], params["user"], access.token,
+                        params["ssl_mode"], params["ssl_root_cert"], params["connect_timeout"]) as conn:
+            conn.read_only = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_user")
+                connected_as = cur.fetchone()[0]
+                cur.execute(params["query"])
+                row = cur.fetchone()
+    except psycopg.Error as exc:
+        mod.fail("login as %s to %s:%s/%s failed" % (params["user"], params["host"], params["port"],
+                                                      params["database"]), exc, token_object_id=object_id_of(access.token))
+    expected = params["expected_user"] or params["user"]
+    result = dict(connected_as=connected_as, token_object_id=object_id_of(access.token),
+                  token_expires_on=int(access.expires_on), row=[v if isinstance(v, (int, float, str, bool)) or v is None
+                                                                 else str(v) for v in (row or [])],
+                  elapsed_ms=int((time.monotonic() - started) * 1000))
+    if connected_as != expected:
+        mod.fail("connected as %r, expected %r" % (connected_as, expected), **result)
+    mod.exit(False, **result)
+
+
+if __name__ == "__main__":
+    main()
