@@ -51,5 +51,5 @@ requirements:
   - azure-identity >= 1.19
 notes:
   - Module defaults for all modules of the collection can be set once with the action group
-    C(group/csa_inabox.managed_identity.all).
+    C(group/csa_inabox.managed_identity.azure).
 """

@@ -135,13 +135,18 @@ def build_credential(cloud, auth_source="auto", client_id=None, tenant_id=None):
     if auth_source not in AUTH_SOURCES:
         raise AuthConfigError("auth_source must be one of %s" % ", ".join(AUTH_SOURCES))
     authority = cloud.authority_host
+    # MSAL validates an authority by asking login.microsoftonline.com about it; a custom cloud's authority
+    # (Azure Stack, an air-gapped cloud, the lab) is not known there, so its validation is turned off.
+    msal = {"authority": authority}
+    if cloud.name == "custom":
+        msal["disable_instance_discovery"] = True
     if auth_source == "managed_identity":
         return identity.ManagedIdentityCredential(client_id=client_id) if client_id \
             else identity.ManagedIdentityCredential()
     if auth_source == "environment":
-        return identity.EnvironmentCredential(authority=authority)
+        return identity.EnvironmentCredential(**msal)
     if auth_source == "workload_identity":
-        kwargs = {"authority": authority}
+        kwargs = dict(msal)
         if client_id:
             kwargs["client_id"] = client_id
         if tenant_id:
@@ -151,8 +156,8 @@ def build_credential(cloud, auth_source="auto", client_id=None, tenant_id=None):
         return identity.AzureCliCredential(tenant_id=tenant_id) if tenant_id else identity.AzureCliCredential()
     awx = _awx_secret_settings()
     if awx:
-        return identity.ClientSecretCredential(tenant_id or awx[0], awx[1], awx[2], authority=authority)
-    kwargs = {"authority": authority, "exclude_interactive_browser_credential": True}
+        return identity.ClientSecretCredential(tenant_id or awx[0], awx[1], awx[2], **msal)
+    kwargs = dict(msal, exclude_interactive_browser_credential=True)
     if client_id:
         kwargs["managed_identity_client_id"] = client_id
         kwargs["workload_identity_client_id"] = client_id

@@ -97,7 +97,7 @@ removed:
 """
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import parse_resource_id
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule
 
 
 def read_current(mod):
@@ -129,6 +129,9 @@ def main():
     ))
     wanted = []
     for value in mod.params["identity_ids"]:
+        if value == KNOWN_AFTER_APPLY and mod.check_mode:
+            wanted.append(value)  # an identity this check-mode run only plans to create
+            continue
         parts = parse_resource_id(value)
         if not parts or parts["type"].lower() != "userassignedidentities" or parts["rest"]:
             mod.fail("identity_ids: %r is not a user-assigned identity resource id (/subscriptions/<id>/resourceGroups/"

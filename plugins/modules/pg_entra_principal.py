@@ -260,6 +260,9 @@ def desired_privileges(mod, cur):
     """
     params = mod.params
     wanted, owners = set(), set()
+    # Since PostgreSQL 15 schema public belongs to pg_database_owner, which stands for the database's owner.
+    cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()")
+    database_owner = cur.fetchone()[0]
     for index, grant in enumerate(params["grants"]):
         field = "grants[%d]" % index
         kind = grant["object_type"]
@@ -271,7 +274,7 @@ def desired_privileges(mod, cur):
         if row is None:
             mod.fail("%s.schema: schema %r does not exist in database %s" % (field, grant["schema"], params["database"]))
         if kind == "schema":
-            owners.add(row[0])
+            owners.add(database_owner if row[0] == "pg_database_owner" else row[0])
             wanted.update((kind, grant["schema"], grant["schema"], p) for p in grant["privileges"])
             continue
         cur.execute(pg.OBJECTS_IN_SCHEMA, {"schema": grant["schema"], "kinds": pg.RELKINDS[kind]})

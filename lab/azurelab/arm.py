@@ -1,0 +1,762 @@
+"""Azure Resource Manager double (HTTPS): the resource types the migration touches, answered like ARM.
+
+Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served:
+
+* ``/subscriptions[/{s}]`` GET; ``/subscriptions/{s}/resourcegroups[/{rg}]`` list, PUT, GET, HEAD, DELETE.
+* ``Microsoft.ManagedIdentity/userAssignedIdentities``: PUT (201 new, 200 existing; not long-running), GET,
+  DELETE (200, or 204 when absent), list by resource group. Creating one registers its service principal in the
+  directory; deleting removes it there but, as in Azure, leaves the reference on any VM it was attached to
+  ("Deleting a user-assigned identity doesn't remove it from the resources it was assigned to").
+* ``Microsoft.Compute/virtualMachines``: GET, list, PATCH (200 only) with VM identity PATCH semantics: listed
+  ``userAssignedIdentities`` keys are added, ``null`` removes one, unlisted ones are kept, ``type`` replaces
+  (``None`` drops all, ``SystemAssigned`` drops the user-assigned ones).
+* ``Microsoft.DBforPostgreSQL/flexibleServers``: GET, list, PATCH (202 + ``Azure-AsyncOperation`` + ``Location`` +
+  ``retry-after-ms``, then the SDK's final GET) of ``properties.authConfig`` and ``tags``.
+* ``flexibleServers/{s}/administrators/{objectId}``: PUT (202), GET (``name`` is the ``principalName``),
+  list, DELETE (202, or 204 when absent). The real PostgreSQL follows through :class:`PostgresHooks`.
+* ``/subscriptions/{s}/providers/{ns}/locations/{l}/azureAsyncOperation|operationResults/{id}``: operation status.
+
+Every request needs a lab bearer token for the ``resource_manager`` audience (401 ``InvalidAuthenticationToken``)
+and an ``api-version`` (any value). Ids compare case-insensitively. Errors use ARM's envelope and codes. State is
+saved to ``paths().arm_state`` after every write.
+
+Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /lab/counters/reset``,
+``GET|POST|DELETE /lab/faults``, ``GET /lab/state``.
+
+Not emulated: Azure RBAC (any valid token may do anything), locks, policy, tags-only PATCH of identities,
+federated credentials, PUT of VMs or servers (only the seeded ones exist), any VM/server property other than
+``identity``/``tags``/``authConfig``, system-assigned identities beyond the ``type`` flag (no principal, no token),
+the resource actually being "Updating" while its operation runs (the change is applied at once; the operation
+reports ``InProgress`` for ~100 ms so clients really poll), rate limiting (the ``x-ms-ratelimit-remaining-*``
+headers count down from ARM's hourly budgets but never reach 429 on their own: inject faults instead).
+The PostgreSQL validation errors (``InvalidAuthConfig``, ``EntraAuthDisabled``) use lab codes: the real ones are not
+documented; their messages say what Azure requires.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from typing import Protocol
+
+from .config import LabPaths
+from .directory import Directory
+from .tokens import Issuer, TokenError
+from .web import JsonHandler
+
+PAGE_SIZE = 5  # small on purpose: clients' nextLink paging code runs in the lab's small world
+OPERATION_S = 0.1
+RETRY_AFTER_MS = "50"
+HOURLY_BUDGET = {"reads": 12000, "writes": 1200, "deletes": 15000}
+WRITE_METHODS = ("PUT", "PATCH", "DELETE", "POST")
+
+MI = "Microsoft.ManagedIdentity/userAssignedIdentities"
+VM = "Microsoft.Compute/virtualMachines"
+PG = "Microsoft.DBforPostgreSQL/flexibleServers"
+PG_ADMIN = PG + "/administrators"
+RG = "Microsoft.Resources/resourceGroups"
+
+
+class PostgresHooks(Protocol):
+    """What the real PostgreSQL must do when ARM changes a server's Entra admins (``azurelab.postgres.PostgresLab``).
+
+    Raising fails the ARM operation (status ``Failed``, the exception text as message); ARM state is then unchanged.
+    """
+
+    def create_entra_admin(self, server_name: str, principal_name: str, object_id: str,
+                           principal_type: str) -> None: ...
+
+    def drop_entra_admin(self, server_name: str, object_id: str) -> None: ...
+
+
+class ArmError(Exception):
+    """An answer in ARM's error envelope."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "details": []}}
+
+
+def _utcnow() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _not_found(type_: str, name: str, rg: str) -> ArmError:
+    return ArmError(404, "ResourceNotFound",
+                    f"The Resource '{type_}/{name}' under resource group '{rg}' was not found. "
+                    "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+
+
+class ArmState:
+    """The ARM double's resources, operations, counters and faults; every public method is thread-safe.
+
+    ``hooks`` receives Entra admin changes on flexible servers (see :class:`PostgresHooks`).
+    """
+
+    def __init__(self, paths: LabPaths, topology: dict, directory: Directory, hooks: PostgresHooks):
+        self.paths = paths
+        self.topology = topology
+        self.tenant_id = topology["tenant_id"]
+        self.subscription_id = topology["subscription_id"]
+        self.directory = directory
+        self.hooks = hooks
+        self._lock = threading.RLock()
+        self._resources: dict[str, dict] = {}  # lower-case id -> the resource as GET returns it
+        self._operations: dict[str, dict] = {}
+        self._faults: list[dict] = []
+        self.reset_counters()
+        if paths.arm_state.exists():
+            self._resources = json.loads(paths.arm_state.read_text())["resources"]
+        else:
+            self._seed()
+            self._save()
+        for resource in self._resources.values():
+            if resource["type"] == MI:
+                self._register(resource)
+
+    # ----- the seeded world and persistence -----
+
+    def _seed(self) -> None:
+        topo, location = self.topology, self.topology["location"]
+        for rg in topo["resource_groups"]:
+            self._store(self._rg_body(rg, location, {}))
+        for identity in topo.get("identities", []):
+            self._store(self._identity_body(identity["resource_group"], identity["name"], location, {}))
+        for vm in topo.get("virtual_machines", []):
+            body = {"id": self._id(vm["resource_group"], VM, vm["name"]), "name": vm["name"], "type": VM,
+                    "location": location, "tags": {},
+                    "properties": {"vmId": str(uuid.uuid4()), "provisioningState": "Succeeded",
+                                   "hardwareProfile": {"vmSize": "Standard_B2s"},
+                                   "osProfile": {"computerName": vm["name"], "adminUsername": "azureuser"}}}
+            attached = [self._get(self._id(i["resource_group"], MI, i["name"])) for i in vm.get("identities", [])]
+            if attached:
+                body["identity"] = {"type": "UserAssigned", "userAssignedIdentities": {
+                    i["id"]: self._identity_ref(i) for i in attached}}
+            self._store(body)
+        for server in topo.get("postgres_servers", []):
+            self._store({
+                "id": self._id(server["resource_group"], PG, server["name"]), "name": server["name"], "type": PG,
+                "location": location, "tags": {},
+                "sku": {"name": "Standard_D2ds_v5", "tier": "GeneralPurpose"},
+                "properties": {
+                    "administratorLogin": server["administrator_login"], "version": str(server["version"]),
+                    "state": "Ready", "fullyQualifiedDomainName": "localhost",
+                    "storage": {"storageSizeGB": 32}, "network": {"publicNetworkAccess": "Enabled"},
+                    "highAvailability": {"mode": "Disabled"},
+                    "authConfig": {"activeDirectoryAuth": "Disabled", "passwordAuth": "Enabled",
+                                   "tenantId": self.tenant_id}}})
+
+    def _save(self) -> None:
+        tmp = self.paths.arm_state.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"resources": self._resources}, indent=1, sort_keys=True))
+        os.replace(tmp, self.paths.arm_state)
+
+    # ----- ids and storage -----
+
+    def _id(self, rg: str, type_: str, name: str, child: str | None = None) -> str:
+        rg = (self._get(self._rg_id(rg)) or {}).get("name", rg)
+        # The managed identity provider answers with lower-case "resourcegroups"; the others with "resourceGroups".
+        segment = "resourcegroups" if type_ == MI else "resourceGroups"
+        rid = f"/subscriptions/{self.subscription_id}/{segment}/{rg}/providers/{type_}/{name}"
+        return f"{rid}/administrators/{child}" if child is not None else rid
+
+    def _rg_id(self, rg: str) -> str:
+        return f"/subscriptions/{self.subscription_id}/resourceGroups/{rg}"
+
+    def _get(self, rid: str) -> dict | None:
+        return self._resources.get(rid.lower())
+
+    def _store(self, body: dict) -> None:
+        self._resources[body["id"].lower()] = body
+
+    def _require_rg(self, rg: str) -> dict:
+        group = self._get(self._rg_id(rg))
+        if group is None:
+            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+        return group
+
+    def _require(self, rg: str, type_: str, name: str) -> dict:
+        self._require_rg(rg)
+        resource = self._get(self._id(rg, type_, name))
+        if resource is None:
+            raise _not_found(type_, name, rg)
+        return resource
+
+    def _in_rg(self, rg: str, type_: str) -> list[dict]:
+        prefix = self._rg_id(rg).lower() + "/providers/"
+        return [r for k, r in self._resources.items() if k.startswith(prefix) and r["type"] == type_]
+
+    def _by_name(self, type_: str, name: str) -> dict | None:
+        return next((r for r in self._resources.values() if r["type"] == type_ and r["name"].lower() == name.lower()),
+                    None)
+
+    # ----- what the other lab components read -----
+
+    def postgres_auth_config(self, server_name: str) -> dict:
+        """The flexible server's current ``properties.authConfig`` (``activeDirectoryAuth``, ``passwordAuth``,
+        ``tenantId``); ``KeyError`` for an unknown server."""
+        with self._lock:
+            server = self._by_name(PG, server_name)
+            if server is None:
+                raise KeyError(server_name)
+            return dict(server["properties"]["authConfig"])
+
+    def vm_user_assigned_identities(self, vm_name: str) -> dict | None:
+        """The VM's ``identity.userAssignedIdentities`` (resource id -> ``{principalId, clientId}``), ``{}`` when
+        it has none, ``None`` when there is no such VM."""
+        with self._lock:
+            vm = self._by_name(VM, vm_name)
+            if vm is None:
+                return None
+            return copy.deepcopy(vm.get("identity", {}).get("userAssignedIdentities", {}))
+
+    def dump(self) -> dict:
+        """Everything, for ``GET /lab/state`` (ARM state holds no secrets)."""
+        with self._lock:
+            return {"resources": copy.deepcopy(list(self._resources.values())),
+                    "operations": copy.deepcopy(list(self._operations.values())),
+                    "faults": copy.deepcopy(self._faults), "directory": self.directory.entries()}
+
+    # ----- counters and faults (the lab API) -----
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.counters = {m: 0 for m in ("GET", "HEAD", "PUT", "PATCH", "DELETE", "POST")}
+            self.counters.update(total=0, writes=0, faulted=0)
+
+    def counters_snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counters)
+
+    def count(self, method: str) -> None:
+        with self._lock:
+            self.counters[method] = self.counters.get(method, 0) + 1
+            self.counters["total"] += 1
+            if method in WRITE_METHODS:
+                self.counters["writes"] += 1
+
+    def remaining(self, method: str) -> tuple[str, int]:
+        """The ``x-ms-ratelimit-remaining-subscription-*`` header for this method and its value."""
+        with self._lock:
+            if method == "DELETE":
+                kind, used = "deletes", self.counters["DELETE"]
+            elif method in WRITE_METHODS:
+                kind, used = "writes", self.counters["PUT"] + self.counters["PATCH"] + self.counters["POST"]
+            else:
+                kind, used = "reads", self.counters["GET"] + self.counters["HEAD"]
+            return f"x-ms-ratelimit-remaining-subscription-{kind}", max(0, HOURLY_BUDGET[kind] - used)
+
+    def add_fault(self, spec: dict) -> dict:
+        """``spec``: ``method`` (or ``*``), ``path`` (regex searched in the request path), ``status``, ``count``
+        (default 1), optional ``retry_after`` (seconds), ``code``, ``message``."""
+        status = int(spec["status"])
+        default_code = {429: "SubscriptionRequestsThrottled", 409: "AnotherOperationInProgress",
+                        500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable",
+                        504: "GatewayTimeout"}.get(status, "LabInjectedFault")
+        fault = {"id": str(uuid.uuid4()), "method": spec.get("method", "*").upper(), "path": spec.get("path", ""),
+                 "status": status, "count": int(spec.get("count", 1)), "retry_after": spec.get("retry_after"),
+                 "code": spec.get("code") or default_code, "message": spec.get("message")}
+        re.compile(fault["path"])
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def faults(self) -> list[dict]:
+        with self._lock:
+            return copy.deepcopy(self._faults)
+
+    def take_fault(self, method: str, path: str) -> ArmError | None:
+        """The error to answer instead of serving this request, when an injected fault matches (uses it up)."""
+        with self._lock:
+            for fault in self._faults:
+                if fault["method"] in ("*", method) and re.search(fault["path"], path, re.IGNORECASE):
+                    fault["count"] -= 1
+                    if fault["count"] <= 0:
+                        self._faults.remove(fault)
+                    self.counters["faulted"] += 1
+                    headers = {}
+                    message = fault["message"] or f"Injected by the lab: {fault['code']}."
+                    if fault["retry_after"] is not None:
+                        headers["Retry-After"] = str(fault["retry_after"])
+                        if fault["status"] == 429 and not fault["message"]:
+                            message = (f"Number of requests for subscription '{self.subscription_id}' and operation "
+                                       f"'{method} {path}' exceeded the backend storage limit. Please try again "
+                                       f"after '{fault['retry_after']}' seconds.")
+                    return ArmError(fault["status"], fault["code"], message, headers)
+        return None
+
+    # ----- long-running operations -----
+
+    def _operation(self, base_url: str, api_version: str, error: ArmError | None = None) -> dict[str, str]:
+        """Record an operation and return the headers of its 202 answer (only PostgreSQL has 202s here)."""
+        op_id = str(uuid.uuid4())
+        self._operations[op_id] = {"name": op_id, "status": "InProgress", "startTime": _utcnow(),
+                                   "done_at": time.monotonic() + OPERATION_S,
+                                   "error": error.body()["error"] if error else None}
+        prefix = (f"{base_url}/subscriptions/{self.subscription_id}/providers/Microsoft.DBforPostgreSQL/locations/"
+                  f"{self.topology['location']}")
+        return {"Azure-AsyncOperation": f"{prefix}/azureAsyncOperation/{op_id}?api-version={api_version}",
+                "Location": f"{prefix}/operationResults/{op_id}?api-version={api_version}",
+                "retry-after-ms": RETRY_AFTER_MS}
+
+    def operation_status(self, op_id: str) -> dict:
+        with self._lock:
+            operation = self._operations.get(op_id)
+            if operation is None:
+                raise ArmError(404, "OperationNotFound", f"The operation '{op_id}' could not be found.")
+            if operation["status"] == "InProgress" and time.monotonic() >= operation["done_at"]:
+                operation["status"] = "Failed" if operation["error"] else "Succeeded"
+                operation["endTime"] = _utcnow()
+            body = {k: v for k, v in operation.items() if k != "done_at" and v is not None}
+            return body
+
+    # ----- subscriptions and resource groups -----
+
+    def subscription(self) -> dict:
+        return {"id": f"/subscriptions/{self.subscription_id}", "subscriptionId": self.subscription_id,
+                "tenantId": self.tenant_id, "displayName": "lab", "state": "Enabled"}
+
+    def _rg_body(self, rg: str, location: str, tags: dict) -> dict:
+        return {"id": self._rg_id(rg), "name": rg, "type": RG, "location": location, "tags": tags,
+                "properties": {"provisioningState": "Succeeded"}}
+
+    def rg_list(self) -> list[dict]:
+        with self._lock:
+            return [copy.deepcopy(r) for r in self._resources.values() if r["type"] == RG]
+
+    def rg_get(self, rg: str) -> dict:
+        with self._lock:
+            return copy.deepcopy(self._require_rg(rg))
+
+    def rg_put(self, rg: str, body: dict) -> tuple[int, dict]:
+        if not body.get("location"):
+            raise ArmError(400, "LocationRequired", "The location property is required for this definition.")
+        with self._lock:
+            existing = self._get(self._rg_id(rg))
+            group = self._rg_body(existing["name"] if existing else rg, body["location"], body.get("tags") or {})
+            self._store(group)
+            self._save()
+            return (200 if existing else 201), copy.deepcopy(group)
+
+    def rg_delete(self, rg: str) -> None:
+        """Deletes the group and everything in it (identities leave the directory)."""
+        with self._lock:
+            self._require_rg(rg)
+            prefix = self._rg_id(rg).lower()
+            for key in [k for k in self._resources if k == prefix or k.startswith(prefix + "/")]:
+                if self._resources[key]["type"] == MI:
+                    self.directory.remove(self._resources[key]["properties"]["principalId"])
+                del self._resources[key]
+            self._save()
+
+    # ----- user-assigned managed identities -----
+
+    def _identity_body(self, rg: str, name: str, location: str, tags: dict) -> dict:
+        return {"id": self._id(rg, MI, name), "name": name, "type": MI, "location": location, "tags": tags,
+                "properties": {"tenantId": self.tenant_id, "principalId": str(uuid.uuid4()),
+                               "clientId": str(uuid.uuid4()), "isolationScope": "None"}}
+
+    def _register(self, identity: dict) -> None:
+        props = identity["properties"]
+        self.directory.add_managed_identity(object_id=props["principalId"], client_id=props["clientId"],
+                                            resource_id=identity["id"], display_name=identity["name"])
+
+    @staticmethod
+    def _identity_ref(identity: dict) -> dict:
+        return {"principalId": identity["properties"]["principalId"], "clientId": identity["properties"]["clientId"]}
+
+    def identity_put(self, rg: str, name: str, body: dict) -> tuple[int, dict]:
+        location = body.get("location")
+        if not location:
+            raise ArmError(400, "LocationRequired", "The location property is required for this definition.")
+        with self._lock:
+            self._require_rg(rg)
+            existing = self._get(self._id(rg, MI, name))
+            if existing is None:
+                identity = self._identity_body(rg, name, location, body.get("tags") or {})
+                self._register(identity)
+                status = 201
+            else:
+                if existing["location"].replace(" ", "").lower() != location.replace(" ", "").lower():
+                    raise ArmError(400, "InvalidResourceLocation",
+                                   f"The resource '{existing['name']}' already exists in location "
+                                   f"'{existing['location']}' in resource group '{rg}'. A resource with the same name "
+                                   f"cannot be created in location '{location}'. Please select a new resource name.")
+                identity = dict(existing, tags=body.get("tags") or {})
+                status = 200
+            self._store(identity)
+            self._save()
+            return status, copy.deepcopy(identity)
+
+    def identity_delete(self, rg: str, name: str) -> int:
+        with self._lock:
+            self._require_rg(rg)
+            identity = self._resources.pop(self._id(rg, MI, name).lower(), None)
+            if identity is None:
+                return 204
+            self.directory.remove(identity["properties"]["principalId"])
+            self._save()
+            return 200
+
+    # ----- virtual machines -----
+
+    def vm_patch(self, rg: str, name: str, body: dict) -> dict:
+        with self._lock:
+            vm = copy.deepcopy(self._require(rg, VM, name))
+            if "tags" in body:
+                vm["tags"] = body["tags"] or {}
+            if body.get("identity") is not None:
+                self._patch_identity(vm, body["identity"])
+            self._store(vm)
+            self._save()
+            return copy.deepcopy(vm)
+
+    def _patch_identity(self, vm: dict, patch: dict) -> None:
+        current = vm.get("identity") or {"type": "None"}
+        assigned = dict(current.get("userAssignedIdentities") or {})
+        kind = patch.get("type") or (current["type"] if current["type"] != "None" else "UserAssigned")
+        if kind not in ("None", "SystemAssigned", "UserAssigned", "SystemAssigned, UserAssigned"):
+            raise ArmError(400, "InvalidParameter", f"The value '{kind}' of parameter 'identity.type' is invalid.")
+        if "UserAssigned" not in kind:
+            assigned = {}
+        for key, value in (patch.get("userAssignedIdentities") or {}).items():
+            present = next((k for k in assigned if k.lower() == key.lower()), None)
+            if value is None:
+                assigned.pop(present, None)
+                continue
+            identity = self._get(key)
+            if identity is None or identity["type"] != MI:
+                response = json.dumps({"error": {"code": "NotFound", "message": f"Resource '{key}' not found."}})
+                raise ArmError(400, "FailedIdentityOperation",
+                               f"Identity operation for resource '{vm['id']}' failed with error 'Failed to perform "
+                               f"resource identity operation. Status: 'NotFound'. Response: '{response}'.'.")
+            assigned[present or identity["id"]] = self._identity_ref(identity)
+        # An empty map cannot stay "UserAssigned": the type keeps only its other half (lab leniency, see docstring).
+        if not assigned:
+            kind = "SystemAssigned" if kind.startswith("SystemAssigned") else "None"
+        if kind == "None":
+            vm.pop("identity", None)
+            return
+        identity = {"type": kind}
+        if kind.startswith("SystemAssigned"):
+            identity.update(principalId=current.get("principalId") or str(uuid.uuid4()), tenantId=self.tenant_id)
+        if assigned:
+            identity["userAssignedIdentities"] = assigned
+        vm["identity"] = identity
+
+    # ----- PostgreSQL flexible servers and their Entra admins -----
+
+    def pg_patch(self, rg: str, name: str, body: dict, base_url: str, api_version: str) -> dict[str, str]:
+        """Apply the PATCH and return the 202's headers; invalid requests raise before anything changes."""
+        with self._lock:
+            server = copy.deepcopy(self._require(rg, PG, name))
+            if "tags" in body:
+                server["tags"] = body["tags"] or {}
+            auth = server["properties"]["authConfig"]
+            for key, value in ((body.get("properties") or {}).get("authConfig") or {}).items():
+                if key in ("activeDirectoryAuth", "passwordAuth") and value not in ("Enabled", "Disabled"):
+                    raise ArmError(400, "InvalidParameterValue", f"Invalid value '{value}' for parameter "
+                                   f"'authConfig.{key}': use Enabled or Disabled.")
+                if key in ("activeDirectoryAuth", "passwordAuth", "tenantId") and value is not None:
+                    auth[key] = value
+            if auth["passwordAuth"] == "Disabled":
+                if auth["activeDirectoryAuth"] != "Enabled":
+                    raise ArmError(400, "InvalidAuthConfig",
+                                   f"Password authentication cannot be disabled on server '{name}' while Microsoft "
+                                   "Entra authentication is disabled: at least one authentication method must be "
+                                   "enabled.")
+                if not self._admins(server):
+                    raise ArmError(400, "InvalidAuthConfig",
+                                   f"Password authentication cannot be disabled on server '{name}': it has no "
+                                   "Microsoft Entra administrator. Add one (administrators/{objectId}) first.")
+            self._store(server)
+            self._save()
+            return self._operation(base_url, api_version)
+
+    def _admins(self, server: dict) -> list[dict]:
+        prefix = server["id"].lower() + "/administrators/"
+        return [r for k, r in self._resources.items() if k.startswith(prefix)]
+
+    def pg_admin_list(self, rg: str, server_name: str) -> list[dict]:
+        with self._lock:
+            return copy.deepcopy(self._admins(self._require_parent(rg, server_name)))
+
+    def _require_parent(self, rg: str, server_name: str) -> dict:
+        self._require_rg(rg)
+        server = self._get(self._id(rg, PG, server_name))
+        if server is None:
+            raise ArmError(404, "ParentResourceNotFound",
+                           f"Can not perform requested operation on nested resource. Parent resource "
+                           f"'{server_name}' not found.")
+        return server
+
+    def pg_admin_get(self, rg: str, server_name: str, object_id: str) -> dict:
+        with self._lock:
+            server = self._require_parent(rg, server_name)
+            admin = self._get(f"{server['id']}/administrators/{object_id}")
+            if admin is None:
+                raise _not_found(PG_ADMIN, f"{server['name']}/{object_id}", rg)
+            return copy.deepcopy(admin)
+
+    def pg_admin_put(self, rg: str, server_name: str, object_id: str, body: dict, base_url: str,
+                     api_version: str) -> dict[str, str]:
+        props = body.get("properties") or {}
+        principal_type, principal_name = props.get("principalType"), props.get("principalName")
+        if principal_type not in ("User", "Group", "ServicePrincipal", "Unknown"):
+            raise ArmError(400, "InvalidParameterValue", f"Invalid value '{principal_type}' for 'principalType': "
+                           "use User, Group or ServicePrincipal.")
+        if not principal_name:
+            raise ArmError(400, "InvalidParameterValue", "The 'principalName' property is required.")
+        if props.get("objectId") and props["objectId"].lower() != object_id.lower():
+            raise ArmError(400, "InvalidParameterValue",
+                           f"The objectId '{props['objectId']}' in the body does not match '{object_id}' in the URL.")
+        with self._lock:
+            server = self._require_parent(rg, server_name)
+            if server["properties"]["authConfig"]["activeDirectoryAuth"] != "Enabled":
+                raise ArmError(400, "EntraAuthDisabled",
+                               f"Microsoft Entra authentication is not enabled on server '{server['name']}': enable "
+                               "authConfig.activeDirectoryAuth before adding Microsoft Entra administrators.")
+            admin = {"id": f"{server['id']}/administrators/{object_id}", "name": principal_name, "type": PG_ADMIN,
+                     "properties": {"principalType": principal_type, "principalName": principal_name,
+                                    "objectId": object_id, "tenantId": props.get("tenantId") or self.tenant_id}}
+            existing = self._get(admin["id"])
+            error = None
+            if existing is None or existing["properties"] != admin["properties"]:
+                try:
+                    self.hooks.create_entra_admin(server["name"], principal_name, object_id, principal_type)
+                except Exception as exc:  # noqa: BLE001 - any backend failure fails the ARM operation
+                    error = ArmError(500, "InternalServerError", str(exc))
+            if error is None:
+                self._store(admin)
+                self._save()
+            return self._operation(base_url, api_version, error)
+
+    def pg_admin_delete(self, rg: str, server_name: str, object_id: str, base_url: str,
+                        api_version: str) -> dict[str, str] | None:
+        """The 202's headers, or ``None`` (204) when there was no such admin."""
+        with self._lock:
+            server = self._require_parent(rg, server_name)
+            key = f"{server['id']}/administrators/{object_id}".lower()
+            if key not in self._resources:
+                return None
+            error = None
+            try:
+                self.hooks.drop_entra_admin(server["name"], object_id)
+            except Exception as exc:  # noqa: BLE001 - any backend failure fails the ARM operation
+                error = ArmError(500, "InternalServerError", str(exc))
+            if error is None:
+                del self._resources[key]
+                self._save()
+            return self._operation(base_url, api_version, error)
+
+    def list_in_rg(self, rg: str, type_: str) -> list[dict]:
+        with self._lock:
+            self._require_rg(rg)
+            return copy.deepcopy(self._in_rg(rg, type_))
+
+    def get(self, rg: str, type_: str, name: str) -> dict:
+        with self._lock:
+            return copy.deepcopy(self._require(rg, type_, name))
+
+
+class ArmHandler(JsonHandler):
+    """Routes ARM requests to :class:`ArmState`; ``self.server.app`` is an :class:`ArmApp`."""
+
+    def do_GET(self):
+        self.handle_any()
+
+    do_HEAD = do_PUT = do_PATCH = do_DELETE = do_POST = do_GET
+
+    def handle_any(self):
+        app: ArmApp = self.app
+        state = app.state
+        body = self.read_body()
+        if self.route.startswith("/lab/"):
+            return self.send_json(*self.lab_api(state, body))
+        state.count(self.command)
+        headers = {"x-ms-request-id": str(uuid.uuid4()),
+                   "x-ms-correlation-request-id": self.headers.get("x-ms-client-request-id") or str(uuid.uuid4())}
+        name, value = state.remaining(self.command)
+        headers[name] = str(value)
+        try:
+            self.authenticate(app)
+            if not self.query.get("api-version"):
+                raise ArmError(400, "MissingApiVersionParameter",
+                               "The api-version query parameter (?api-version=) is required for all requests.")
+            fault = state.take_fault(self.command, self.route)
+            if fault is not None:
+                raise fault
+            try:
+                payload = json.loads(body) if body else {}
+            except ValueError:
+                raise ArmError(400, "InvalidRequestContent", "The request content was invalid and could not be "
+                               "deserialized.") from None
+            status, answer, extra = self.dispatch(state, payload)
+            headers.update(extra)
+        except ArmError as err:
+            headers.update(err.headers)
+            status, answer = err.status, err.body()
+        self.send_json(status, answer, headers)
+
+    def authenticate(self, app: "ArmApp") -> None:
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
+        try:
+            claims = app.issuer.verify(token.strip(), app.audience)
+        except TokenError as err:
+            challenge = (f'Bearer authorization_uri="{app.authority}", error="invalid_token", '
+                         f'error_description="{err.reason}"')
+            raise ArmError(401, "InvalidAuthenticationToken", f"The access token is invalid: {err.reason}.",
+                           {"WWW-Authenticate": challenge}) from None
+        if claims.get("tid") != app.state.tenant_id:
+            raise ArmError(401, "InvalidAuthenticationTokenTenant",
+                           f"The access token is from the wrong issuer '{claims.get('iss')}'.")
+
+    def dispatch(self, state: ArmState, body: dict) -> tuple[int, dict | None, dict]:
+        method, raw = self.command, self.route.strip("/").split("/")
+        seg = [s.lower() for s in raw]
+        base_url = f"https://{self.headers.get('Host')}"
+        api = self.query["api-version"]
+        if seg == ["subscriptions"] and method == "GET":
+            return 200, {"value": [state.subscription()]}, {}
+        if seg[0] != "subscriptions" or len(seg) < 2:
+            raise ArmError(404, "NotFound", f"No HTTP resource was found that matches the request URI '{self.path}'.")
+        if seg[1] != state.subscription_id.lower():
+            raise ArmError(404, "SubscriptionNotFound", f"The subscription '{raw[1]}' could not be found.")
+        if len(seg) == 2 and method == "GET":
+            return 200, state.subscription(), {}
+        if len(seg) == 8 and seg[2] == "providers" and seg[4] == "locations" and method == "GET":
+            operation = state.operation_status(raw[7])
+            if seg[6] == "azureasyncoperation":
+                # Like ARM, say when to look again while the operation runs; without it the SDKs wait 30 s.
+                return 200, operation, ({"retry-after-ms": RETRY_AFTER_MS} if operation["status"] == "InProgress"
+                                        else {})
+            if seg[6] == "operationresults":
+                if operation["status"] == "InProgress":
+                    return 202, None, {"Location": f"{base_url}{self.path}", "retry-after-ms": RETRY_AFTER_MS}
+                if operation["status"] == "Failed":
+                    error = operation["error"]
+                    raise ArmError(400, error["code"], error["message"])
+                return 200, None, {}
+        if len(seg) < 3 or seg[2] != "resourcegroups":
+            raise self.unsupported()
+        if len(seg) == 3 and method == "GET":
+            return 200, {"value": state.rg_list()}, {}
+        rg = raw[3] if len(seg) > 3 else ""
+        if len(seg) == 4:
+            return self.resource_group(state, method, rg, body)
+        if len(seg) < 7 or seg[4] != "providers":
+            raise self.unsupported()
+        type_ = {t.lower(): t for t in (MI, VM, PG)}.get(f"{seg[5]}/{seg[6]}")
+        if type_ is None:
+            raise self.unsupported()
+        if len(seg) == 7:
+            if method != "GET":
+                raise self.unsupported()
+            return self.page(state.list_in_rg(rg, type_), base_url)
+        name = raw[7]
+        if len(seg) == 8:
+            return self.resource(state, method, rg, type_, name, body, base_url, api)
+        if type_ == PG and seg[8] == "administrators" and len(seg) in (9, 10):
+            return self.pg_admin(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url, api)
+        raise self.unsupported()
+
+    def unsupported(self) -> ArmError:
+        return ArmError(405, "LabNotEmulated",
+                        f"The lab's ARM double does not emulate {self.command} {self.route} (see azurelab/arm.py).")
+
+    def page(self, items: list[dict], base_url: str) -> tuple[int, dict, dict]:
+        start = int(self.query.get("$skipToken") or 0)
+        answer = {"value": items[start:start + PAGE_SIZE]}
+        if start + PAGE_SIZE < len(items):
+            answer["nextLink"] = (f"{base_url}{self.route}?api-version={self.query['api-version']}"
+                                  f"&$skipToken={start + PAGE_SIZE}")
+        return 200, answer, {}
+
+    def resource_group(self, state: ArmState, method: str, rg: str, body: dict):
+        if method == "GET":
+            return 200, state.rg_get(rg), {}
+        if method == "HEAD":
+            try:
+                state.rg_get(rg)
+            except ArmError:
+                return 404, None, {}
+            return 204, None, {}
+        if method == "PUT":
+            status, group = state.rg_put(rg, body)
+            return status, group, {}
+        if method == "DELETE":
+            state.rg_delete(rg)
+            return 200, None, {}
+        raise self.unsupported()
+
+    def resource(self, state: ArmState, method: str, rg: str, type_: str, name: str, body: dict, base_url: str,
+                 api: str):
+        if method == "GET":
+            return 200, state.get(rg, type_, name), {}
+        if type_ == MI and method == "PUT":
+            status, identity = state.identity_put(rg, name, body)
+            return status, identity, {}
+        if type_ == MI and method == "DELETE":
+            return state.identity_delete(rg, name), None, {}
+        if type_ == VM and method == "PATCH":
+            return 200, state.vm_patch(rg, name, body), {}
+        if type_ == PG and method == "PATCH":
+            return 202, None, state.pg_patch(rg, name, body, base_url, api)
+        raise self.unsupported()
+
+    def pg_admin(self, state: ArmState, method: str, rg: str, server: str, object_id: str | None, body: dict,
+                 base_url: str, api: str):
+        if object_id is None:
+            if method == "GET":
+                return 200, {"value": state.pg_admin_list(rg, server)}, {}
+        elif method == "GET":
+            return 200, state.pg_admin_get(rg, server, object_id), {}
+        elif method == "PUT":
+            return 202, None, state.pg_admin_put(rg, server, object_id, body, base_url, api)
+        elif method == "DELETE":
+            headers = state.pg_admin_delete(rg, server, object_id, base_url, api)
+            return (204, None, {}) if headers is None else (202, None, headers)
+        raise self.unsupported()
+
+    def lab_api(self, state: ArmState, body: bytes) -> tuple[int, dict | None]:
+        route, method = self.route.rstrip("/"), self.command
+        if route == "/lab/counters" and method == "GET":
+            return 200, state.counters_snapshot()
+        if route == "/lab/counters/reset" and method == "POST":
+            state.reset_counters()
+            return 200, state.counters_snapshot()
+        if route == "/lab/faults":
+            if method == "GET":
+                return 200, {"value": state.faults()}
+            if method == "DELETE":
+                state.clear_faults()
+                return 200, {"value": []}
+            if method == "POST":
+                try:
+                    return 201, state.add_fault(json.loads(body or b"{}"))
+                except (ValueError, KeyError, re.error) as exc:
+                    return 400, {"error": {"code": "InvalidFault", "message": f"Bad fault spec: {exc!r}"}}
+        if route == "/lab/state" and method == "GET":
+            return 200, state.dump()
+        return 404, {"error": {"code": "NotFound", "message": f"No lab API {method} {route}"}}
+
+
+class ArmApp:
+    """What the ARM handler serves: the state, and how to check bearer tokens."""
+
+    def __init__(self, state: ArmState, issuer: Issuer, audience: str, authority: str):
+        self.state, self.issuer, self.audience, self.authority = state, issuer, audience, authority

@@ -1,0 +1,235 @@
+"""``python -m azurelab up|down|reset|status|env``: start, stop and describe the lab.
+
+``up`` creates the CA and the lab secrets, starts PostgreSQL (``PostgresLab.start()`` + ``.setup()``), spawns the
+control-plane server detached (:mod:`azurelab.server`), waits until every port answers, starts and seeds OpenBao
+(``OpenBaoLab.start()`` + ``.seed()``), then writes ``endpoints.json`` and ``env.sh``. It is idempotent.
+``down`` stops the server by its pid, then OpenBao, then PostgreSQL. ``reset`` = ``down`` + delete the state
+folder + ``up``. ``status`` exits 0 only when every component is up. ``env`` prints ``env.sh``
+(``eval "$(python -m azurelab env)"``).
+
+``LAB_COMPONENTS=azure`` runs the control plane only; ``LAB_STATE_DIR`` / ``LAB_PORT_BASE`` move the lab.
+
+Not emulated: nothing - but the lab is not a service manager: no restart on crash, no log rotation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from . import ca, config
+from .directory import AUTOMATION_SP, automation_principal
+from .server import optional_module, read_secrets
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+
+
+def _server_pid_file(paths: config.LabPaths) -> pathlib.Path:
+    return paths.pids / "server.pid"
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie: once ``up`` has exited nobody may reap the server quickly (PID 1 in a container
+    often does not), and a zombie still answers ``kill(pid, 0)``."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def server_pid(paths: config.LabPaths) -> int | None:
+    """The running control-plane server's pid, or ``None`` (also when the pid was reused by another program)."""
+    try:
+        pid = int(_server_pid_file(paths).read_text())
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    return pid if b"azurelab.server" in cmdline and _alive(pid) else None
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((config.HOST, port)) == 0
+
+
+def ensure_secrets(paths: config.LabPaths, topology: dict) -> None:
+    """Add the lab's missing secrets to ``paths().secrets`` (mode 0600), keeping the other components' entries.
+
+    Written here: ``sp-lab-automation`` -> ``{"client_id", "client_secret"}`` (the Entra double's client-credentials
+    principal; its secret exists nowhere else).
+    """
+    current = read_secrets(paths)
+    if AUTOMATION_SP in current:
+        return
+    current[AUTOMATION_SP] = {"client_id": automation_principal(topology["tenant_id"])["client_id"],
+                              "client_secret": secrets.token_urlsafe(30)}
+    paths.root.mkdir(parents=True, exist_ok=True)
+    tmp = paths.secrets.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(current, handle, indent=1)
+    os.replace(tmp, paths.secrets)
+
+
+def _service_ports(ports: config.Ports) -> dict[str, int]:
+    wanted = {"entra": ports.entra, "arm": ports.arm, "identity": ports.identity}
+    if optional_module("pgfront") and optional_module("postgres"):
+        wanted["postgres"] = ports.postgres
+    return wanted
+
+
+def endpoints(paths: config.LabPaths, ports: config.Ports, topology: dict) -> dict:
+    """What clients need to reach the lab (no secret values: those stay in ``paths().secrets``)."""
+    identity = f"http://{config.HOST}:{ports.identity}"
+    return {
+        "tenant_id": topology["tenant_id"],
+        "subscription_id": topology["subscription_id"],
+        "ca_bundle": str(paths.ca_bundle),
+        "secrets_file": str(paths.secrets),
+        "ports": {"entra": ports.entra, "arm": ports.arm, "identity": ports.identity, "postgres": ports.postgres,
+                  "openbao": ports.openbao},
+        "authority_host": f"https://{config.HOST}:{ports.entra}",
+        "resource_manager": f"https://{config.HOST}:{ports.arm}/",
+        "audiences": topology["audiences"],
+        "automation_client_id": automation_principal(topology["tenant_id"])["client_id"],
+        "identity_endpoints": {vm["name"]: f"{identity}/vms/{vm['name']}" for vm in topology["virtual_machines"]},
+        "postgres": {"host": config.HOST, "port": ports.postgres},
+        "vault_addr": f"http://{config.HOST}:{ports.openbao}",
+    }
+
+
+def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> str:
+    """Bash exports for a shell on the control node (``vm-control``); no secret values."""
+    info = endpoints(paths, ports, topology)
+    exports = {
+        "REQUESTS_CA_BUNDLE": info["ca_bundle"],
+        "SSL_CERT_FILE": info["ca_bundle"],
+        "PGSSLROOTCERT": info["ca_bundle"],
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST": info["identity_endpoints"]["vm-control"],
+        "AZURE_AUTHORITY_HOST": info["authority_host"],
+        "AZURE_TENANT_ID": info["tenant_id"],
+        "AZURE_SUBSCRIPTION_ID": info["subscription_id"],
+        "VAULT_ADDR": info["vault_addr"],
+    }
+    lines = ["# Written by `python -m azurelab up`: the lab seen from its control node (vm-control)."]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
+    return "\n".join(lines) + "\n"
+
+
+def up() -> int:
+    paths, ports, topology = config.paths(), config.ports(), config.topology()
+    if server_pid(paths):
+        print(f"lab already running (server pid {server_pid(paths)}, state {paths.root})")
+        return 0
+    started = time.monotonic()
+    ca.ensure(paths)
+    ensure_secrets(paths, topology)
+    paths.pids.mkdir(parents=True, exist_ok=True)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    postgres = optional_module("postgres")
+    if postgres:
+        backend = postgres.PostgresLab(paths, topology)
+        backend.start()
+        backend.setup()
+    env = dict(os.environ, PYTHONPATH=str(config.REPO_ROOT / "lab"))
+    with open(paths.logs / "server.out", "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "azurelab.server"], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    _server_pid_file(paths).write_text(str(process.pid))
+    waiting = _service_ports(ports)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while waiting and time.monotonic() < deadline and process.poll() is None:
+        waiting = {name: port for name, port in waiting.items() if not port_open(port)}
+        time.sleep(0.05 if waiting else 0)
+    if waiting:
+        print(f"lab server did not start ({', '.join(waiting)} not answering); see {paths.logs}", file=sys.stderr)
+        down()
+        return 1
+    openbao = optional_module("openbao")
+    if openbao:
+        vault = openbao.OpenBaoLab(paths, topology, ports)
+        vault.start()
+        vault.seed()
+    paths.endpoints.write_text(json.dumps(endpoints(paths, ports, topology), indent=1) + "\n")
+    paths.env_file.write_text(env_script(paths, ports, topology))
+    print(f"lab up in {time.monotonic() - started:.1f} s (state {paths.root}); "
+          f"eval \"$(PYTHONPATH=lab python -m azurelab env)\" for its environment")
+    return 0
+
+
+def down() -> int:
+    paths, ports, topology = config.paths(), config.ports(), config.topology()
+    pid = server_pid(paths)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            _reap(pid)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    _server_pid_file(paths).unlink(missing_ok=True)
+    openbao = optional_module("openbao")
+    if openbao:
+        openbao.OpenBaoLab(paths, topology, ports).stop()
+    postgres = optional_module("postgres")
+    if postgres:
+        postgres.PostgresLab(paths, topology).stop()
+    print("lab down")
+    return 0
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when this process spawned the server (an ``up`` that failed), so no zombie lingers."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def reset() -> int:
+    down()
+    shutil.rmtree(config.paths().root, ignore_errors=True)
+    return up()
+
+
+def status() -> int:
+    paths, ports = config.paths(), config.ports()
+    pid = server_pid(paths)
+    states = {name: port_open(port) for name, port in _service_ports(ports).items()}
+    if optional_module("openbao"):
+        states["openbao"] = port_open(ports.openbao)
+    print(f"state {paths.root}; server pid {pid or '-'}")
+    for name, ok in states.items():
+        print(f"  {name:<9} {'up' if ok else 'down'}")
+    return 0 if pid and all(states.values()) else 3
+
+
+def env() -> int:
+    paths = config.paths()
+    if not paths.env_file.exists():
+        print("the lab has not been started here: run `python -m azurelab up`", file=sys.stderr)
+        return 1
+    sys.stdout.write(paths.env_file.read_text())
+    return 0
+
+
+COMMANDS = {"up": up, "down": down, "reset": reset, "status": status, "env": env}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in COMMANDS:
+        print(f"usage: python -m azurelab {{{'|'.join(COMMANDS)}}}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]]()

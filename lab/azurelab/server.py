@@ -1,0 +1,132 @@
+"""One process for the lab's Azure control plane: Entra (HTTPS), the VMs' managed identity endpoint (HTTP),
+ARM (HTTPS) and, when the PostgreSQL part of the lab is present and enabled, the PostgreSQL front (TLS).
+
+Run by ``python -m azurelab up`` as ``python -m azurelab.server`` (detached; logs to ``paths().logs/server.log``;
+SIGTERM stops it cleanly). Tests can also build a :class:`Lab` in-process and pass their own ``hooks``.
+
+``LAB_COMPONENTS=azure`` leaves PostgreSQL and OpenBao out (no front; Entra admin changes are only logged).
+
+Not emulated: anything about process supervision (a crashed server stays down until ``up`` runs again).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import threading
+
+from . import ca, config
+from .arm import ArmApp, ArmHandler, ArmState, PostgresHooks
+from .directory import AUTOMATION_SP, Directory
+from .entra import Entra, EntraHandler
+from .identity_endpoint import IdentityEndpoint, IdentityHandler
+from .tokens import Issuer
+from .web import LabHTTPServer
+
+log = logging.getLogger("azurelab")
+
+
+def components() -> set[str]:
+    """Which optional parts run: ``LAB_COMPONENTS`` = ``all`` (default) or ``azure`` (control plane only)."""
+    return {"azure"} if os.environ.get("LAB_COMPONENTS", "all") == "azure" else {"azure", "postgres", "openbao"}
+
+
+def optional_module(name: str):
+    """``azurelab.<name>`` if that file exists and the component is enabled, else ``None``.
+
+    The PostgreSQL and OpenBao parts of the lab are written in parallel with this one: this guard only covers
+    their files not existing yet (an import error inside an existing file is raised, not hidden).
+    """
+    wanted = {"postgres": "postgres", "pgfront": "postgres", "openbao": "openbao"}[name]
+    if wanted not in components() or importlib.util.find_spec(f"azurelab.{name}") is None:
+        return None
+    return importlib.import_module(f"azurelab.{name}")
+
+
+class LoggedHooks:
+    """Entra admin changes when no PostgreSQL runs in this lab (``LAB_COMPONENTS=azure``): only logged."""
+
+    def create_entra_admin(self, server_name: str, principal_name: str, object_id: str, principal_type: str) -> None:
+        log.info("no PostgreSQL in this lab: create_entra_admin(%s, %s, %s, %s)", server_name, principal_name,
+                 object_id, principal_type)
+
+    def drop_entra_admin(self, server_name: str, object_id: str) -> None:
+        log.info("no PostgreSQL in this lab: drop_entra_admin(%s, %s)", server_name, object_id)
+
+
+def read_secrets(paths: config.LabPaths) -> dict:
+    """The lab secrets file (``{"sp-lab-automation": {"client_id", "client_secret"}, ...}``); ``{}`` if absent."""
+    return json.loads(paths.secrets.read_text()) if paths.secrets.exists() else {}
+
+
+class Lab:
+    """The control plane's servers, built around one directory, one issuer and one ARM state."""
+
+    def __init__(self, paths: config.LabPaths, topology: dict, ports: config.Ports,
+                 hooks: PostgresHooks | None = None):
+        host = f"https://{config.HOST}:{ports.entra}"
+        self.directory = Directory(topology)
+        self.issuer = Issuer(paths, topology["tenant_id"], host)
+        backend = None
+        if hooks is None:
+            postgres = optional_module("postgres")
+            backend = postgres.PostgresLab(paths, topology) if postgres else None
+            hooks = backend or LoggedHooks()
+        self.hooks = hooks
+        self.arm = ArmState(paths, topology, self.directory, hooks)
+        audiences = list(topology["audiences"].values())
+        automation = read_secrets(paths).get(AUTOMATION_SP, {})
+        secrets = {automation["client_id"]: automation["client_secret"]} if automation else {}
+        tls = ca.server_context(paths)
+        self.servers = {
+            "entra": LabHTTPServer(ports.entra, EntraHandler,
+                                   Entra(self.issuer, self.directory, host, audiences, secrets), tls),
+            "arm": LabHTTPServer(ports.arm, ArmHandler,
+                                 ArmApp(self.arm, self.issuer, topology["audiences"]["resource_manager"],
+                                        f"{host}/{topology['tenant_id']}"), tls),
+            "identity": LabHTTPServer(ports.identity, IdentityHandler,
+                                      IdentityEndpoint(self.issuer, self.directory, audiences,
+                                                       self.arm.vm_user_assigned_identities)),
+        }
+        self.front = None
+        pgfront = optional_module("pgfront")
+        if pgfront and backend is not None:
+            server_name = topology["postgres_servers"][0]["name"]
+            self.front = pgfront.PgFront(paths, self.issuer, ports.postgres, server_name,
+                                         lambda: self.arm.postgres_auth_config(server_name), backend)
+
+    def start(self) -> None:
+        for name, server in self.servers.items():
+            server.start(name)
+        if self.front is not None:
+            threading.Thread(target=self.front.serve_forever, name="pgfront", daemon=True).start()
+        log.info("control plane serving on %s", {n: s.server_address[1] for n, s in self.servers.items()})
+
+    def stop(self) -> None:
+        if self.front is not None:
+            self.front.shutdown()
+        for server in self.servers.values():
+            server.shutdown()
+            server.server_close()
+
+
+def main() -> None:
+    paths = config.paths()
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=paths.logs / "server.log", level=logging.INFO,
+                        format="%(asctime)s %(threadName)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    lab = Lab(paths, config.topology(), config.ports())
+    lab.start()
+    stop.wait()
+    log.info("stopping")
+    lab.stop()
+
+
+if __name__ == "__main__":
+    main()
