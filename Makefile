@@ -4,14 +4,30 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 LAB := PYTHONPATH=lab $(BIN)/python -m azurelab
+LAB_STATE_DIR ?= $(CURDIR)/.lab
+PLAYBOOK := source $(LAB_STATE_DIR)/env.sh && $(BIN)/ansible-playbook -i inventories/lab
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+COLLECTION_LINK := $(VENV)/collections/ansible_collections/csa_inabox/managed_identity
 
 .PHONY: demo test venv lab-up lab-down lab-reset lab-status unit integration sanity molecule clean
 
-venv: $(VENV)/.installed
+## demo: set everything up, start the lab, migrate the lab fleet, print the report
+demo: venv lab-up
+	$(PLAYBOOK) playbooks/migrate.yml
+	@echo; echo "Report: $(LAB_STATE_DIR)/reports/migration-report.{txt,json}"
+
+## test: unit tests, ansible-test sanity, lab and playbook integration tests, Molecule
+test: unit integration
+
+venv: $(VENV)/.installed $(COLLECTION_LINK)
 $(VENV)/.installed: requirements.txt requirements-lab.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-lab.txt
 	touch $@
+# The working tree is the collection: link it where ansible.cfg's collections_path looks.
+$(COLLECTION_LINK):
+	mkdir -p $(dir $@)
+	ln -sfn $(CURDIR) $@
 
 lab-up: venv
 	$(LAB) up
@@ -22,9 +38,18 @@ lab-reset: venv
 lab-status: venv
 	$(LAB) status
 
-# Tests: unit (no lab), then the lab-backed integration tests, then ansible-test sanity.
-PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 unit: venv
 	$(PYTEST) -q tests/unit
 
-test: unit
+sanity: venv
+	tests/sanity/run.sh
+
+# Each test module starts its own lab on its own ports and state folder, so a running `make demo` lab is untouched.
+integration: venv
+	$(PYTEST) -q -n 2 --dist loadfile tests/integration
+
+molecule: venv
+	cd extensions && ../$(BIN)/molecule test --all
+
+clean: lab-down
+	rm -rf $(LAB_STATE_DIR) tests/output

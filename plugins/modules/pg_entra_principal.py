@@ -189,6 +189,7 @@ from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base i
     KNOWN_AFTER_APPLY, MIModule, is_guid)
 
 MAX_NAME_BYTES = 63
+ADVISORY_LOCK_KEY = 0x6D695F7067  # "mi_pg": one lock for this collection's DDL on a cluster
 
 
 def check_name(mod, field, value):
@@ -409,6 +410,10 @@ def main():
         # Leaving these blocks commits each database's transaction; an exception rolls it back.
         with admin_db, target_db:
             with admin_db.cursor() as cur:
+                if not mod.check_mode:
+                    # Applications sharing a server are migrated in parallel; role and membership DDL on one
+                    # cluster must not interleave ("tuple concurrently updated"). Held until this transaction ends.
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
                 exists, principal = read_principal(mod, cur)
             if params["state"] == "absent":
                 result = run_absent(mod, sql, admin_db, target_db, exists, queries)

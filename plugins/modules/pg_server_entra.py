@@ -183,7 +183,7 @@ def main():
         name=dict(type="str", required=True),
         resource_group=dict(type="str", required=True),
         active_directory_auth=dict(type="bool"),
-        password_auth=dict(type="bool"),
+        password_auth=dict(type="bool", no_log=False),  # a switch, not a secret
         administrators=dict(type="list", elements="dict", default=[], options=dict(
             object_id=dict(type="str", required=True),
             principal_name=dict(type="str", required=True),

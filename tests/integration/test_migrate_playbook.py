@@ -1,0 +1,136 @@
+"""playbooks/migrate.yml against a fresh lab, as an operator runs it: plan, apply, re-run.
+
+The tests of this module run in order on one lab (pytest keeps a file's tests in order; `--dist loadfile` keeps
+them on one worker).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import psycopg
+import pytest
+
+from conftest import REPO
+
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+APPS = {"orders-api": "mi-orders-api", "reports": "mi-reports", "billing-worker": "mi-billing-worker"}
+
+
+def recap(output: str) -> dict:
+    return {host: {"changed": int(c), "failed": int(f), "unreachable": int(u)}
+            for host, _, c, u, f in RECAP.findall(output)}
+
+
+def superuser(lab, dbname="postgres"):
+    """The lab's own maintenance session (peer auth over the private socket), to look at the real catalog."""
+    return psycopg.connect(host=str(lab.state / "pg" / "run"), dbname=dbname, user="postgres")
+
+
+def catalog_snapshot(lab) -> dict:
+    with superuser(lab) as conn:
+        roles = sorted(r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'"))
+        principals = sorted(conn.execute("SELECT rolname, \"objectId\" FROM pgaadauth_list_principals(false)"))
+    with superuser(lab, "appdb") as conn:
+        acls = sorted(conn.execute("SELECT relname, relacl::text FROM pg_class WHERE relacl IS NOT NULL"))
+    return {"roles": roles, "principals": principals, "acls": acls}
+
+
+def vault_roles(lab) -> list:
+    import hvac
+
+    client = hvac.Client(url=lab.env["VAULT_ADDR"], token=(lab.state / "openbao" / "token").read_text().strip())
+    return sorted(client.secrets.database.list_roles(mount_point="database")["data"]["keys"])
+
+
+def test_check_mode_on_a_fresh_lab_writes_nothing_and_shows_the_plan(lab):
+    before = (lab.arm_counters()["writes"], catalog_snapshot(lab), vault_roles(lab))
+    run = lab.playbook("playbooks/migrate.yml", "--check", "--diff", "-vvvv")
+    assert run.returncode == 0, run.stdout[-4000:]
+    after = (lab.arm_counters()["writes"], catalog_snapshot(lab), vault_roles(lab))
+    assert after == before
+    assert before[2] == ["billing-worker", "orders-api", "reports"]
+    for planned in ("PATCH authConfig activeDirectoryAuth=Enabled", "pgaadauth_create_principal_with_oid",
+                    'GRANT DELETE, INSERT, SELECT, UPDATE ON ALL TABLES IN SCHEMA "orders" TO "mi-orders-api"',
+                    "(known after apply)", "DELETE database/roles/orders-api", "would set passwordAuth=Disabled"):
+        assert planned in run.stdout, planned
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+
+
+def test_migrate_moves_every_application_to_its_identity(lab):
+    run = lab.playbook("playbooks/migrate.yml", "-vvvv")
+    assert run.returncode == 0, run.stdout[-4000:]
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+    report = json.loads((lab.state / "reports" / "migration-report.json").read_text())
+    lab.assert_no_secret_in(json.dumps(report) + (lab.state / "reports" / "migration-report.txt").read_text())
+    assert {app["application"] for app in report} == set(APPS)
+    for app in report:
+        role = APPS[app["application"]]
+        assert app["identity"]["attached"] is True
+        [db] = app["databases"]
+        assert db["principal"] == role
+        assert db["login_verified_as"] == role
+        assert db["password_auth"] == "Disabled"
+        assert db["password_login_probe"] == "refused"
+        assert app["switched"] is True
+        assert app["vault"]["decommissioned"] is True and app["vault"]["backup"]
+    assert vault_roles_or_none(lab) is None  # every role gone, and the mount lists nothing
+
+
+def vault_roles_or_none(lab):
+    import hvac
+
+    try:
+        return vault_roles(lab)
+    except hvac.exceptions.InvalidPath:
+        return None
+
+
+def test_principals_have_exactly_their_grants(lab):
+    with superuser(lab, "appdb") as conn:
+        def privileges(role):
+            return sorted(conn.execute(
+                "SELECT table_schema || '.' || table_name, privilege_type FROM information_schema.role_table_grants"
+                " WHERE grantee = %s", (role,)).fetchall())
+
+        assert privileges("mi-reports") == [("orders.orders", "SELECT"), ("public.products", "SELECT")]
+        assert privileges("mi-billing-worker") == [("billing.invoices", "INSERT"), ("billing.invoices", "SELECT")]
+        assert [p for _, p in privileges("mi-orders-api")] == ["DELETE", "INSERT", "SELECT", "UPDATE"]
+        assert conn.execute("SELECT has_sequence_privilege('mi-billing-worker', 'billing.invoice_number', 'USAGE'),"
+                            " has_table_privilege('mi-reports', 'orders.orders', 'INSERT')").fetchone() == (True, False)
+
+
+def test_backups_hold_definitions_and_no_secret(lab):
+    backups = sorted((lab.state / "backups").rglob("*.json"))
+    names = [p.relative_to(lab.state / "backups").as_posix() for p in backups]
+    assert names == ["database/connections/pg-lab-appdb.json", "database/roles/billing-worker.json",
+                     "database/roles/orders-api.json", "database/roles/reports.json"]
+    role = json.loads((lab.state / "backups" / "database" / "roles" / "orders-api.json").read_text())
+    assert role["db_name"] == "pg-lab-appdb" and role["creation_statements"]
+    lab.assert_no_secret_in("".join(p.read_text() for p in backups))
+
+
+def test_a_second_run_changes_nothing_and_writes_nothing_to_arm(lab):
+    writes = lab.arm_counters()["writes"]
+    run = lab.playbook("playbooks/migrate.yml")
+    assert run.returncode == 0, run.stdout[-4000:]
+    summary = recap(run.stdout)
+    assert set(summary) == set(APPS)
+    assert all(host["changed"] == 0 and host["failed"] == 0 for host in summary.values()), summary
+    assert lab.arm_counters()["writes"] == writes
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_the_demo_app_runs_as_its_identity_from_its_vm(lab, app):
+    vm = {"orders-api": "vm-orders", "reports": "vm-reports", "billing-worker": "vm-billing"}[app]
+    env = dict(lab.env, AZURE_POD_IDENTITY_AUTHORITY_HOST=f"http://127.0.0.1:{lab.base + 3}/vms/{vm}",
+               PYTHONPATH=str(REPO / "lab"))
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "azurelab.demo_app", app], env=env, capture_output=True, text=True,
+                         timeout=60)
+    result = json.loads(run.stdout)
+    assert result["ok"] and result["connected_as"] == APPS[app] and result["mode"] == "identity"
+    config = json.loads((lab.state / "apps" / f"{app}.json").read_text())
+    assert "secret_id_file" not in config and "role_id" not in config
