@@ -17,7 +17,7 @@ demo: venv lab-up
 	@echo; echo "Report: $(LAB_STATE_DIR)/reports/migration-report.{txt,json}"
 
 ## test: unit tests, ansible-test sanity, lab and playbook integration tests, Molecule
-test: unit integration
+test: unit sanity integration molecule
 
 venv: $(VENV)/.installed $(COLLECTION_LINK)
 $(VENV)/.installed: requirements.txt requirements-lab.txt
@@ -49,7 +49,8 @@ integration: venv
 	$(PYTEST) -q -n 2 --dist loadfile tests/integration
 
 molecule: venv
-	cd extensions && ../$(BIN)/molecule test --all
+	MOLECULE_LAB_PORT_BASE=$$($(BIN)/python -c 'import sys; sys.path.insert(0, "tests/integration"); \
+	  from labrunner import free_base; print(free_base())') PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test -s postgres
 
 clean: lab-down
-	rm -rf $(LAB_STATE_DIR) tests/output
+	rm -rf $(LAB_STATE_DIR) .lab-molecule tests/output

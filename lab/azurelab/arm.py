@@ -611,7 +611,7 @@ class ArmHandler(JsonHandler):
         self.send_json(status, answer, headers)
 
     def authenticate(self, app: "ArmApp") -> None:
-        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        scheme, _space, token = (self.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
         try:

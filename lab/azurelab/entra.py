@@ -72,7 +72,7 @@ def entra_error(status: int, error: str, code: int, description: str) -> tuple[i
 
 class EntraHandler(JsonHandler):
     def _tenant_and_rest(self) -> tuple[str, str]:
-        tenant, _, rest = self.route.lstrip("/").partition("/")
+        tenant, _slash, rest = self.route.lstrip("/").partition("/")
         return tenant, rest
 
     def _unknown_tenant(self, tenant: str) -> tuple[int, dict]:
@@ -138,6 +138,6 @@ class EntraHandler(JsonHandler):
                                f"{entra.issuer.tenant_id}. This can happen if the application has not been "
                                "installed by the administrator of the tenant or consented to by any user in the "
                                "tenant. You might have sent your authentication request to the wrong tenant.")
-        token, _ = entra.issuer.issue(principal, audience)
+        token, _expires_on = entra.issuer.issue(principal, audience)
         return 200, {"token_type": "Bearer", "expires_in": TOKEN_LIFETIME_S,
                      "ext_expires_in": TOKEN_LIFETIME_S, "access_token": token}

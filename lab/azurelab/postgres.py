@@ -126,7 +126,7 @@ class PostgresLab:
             os.chown(path, owner.pw_uid, owner.pw_gid)
         self._pg_root.chmod(0o700)
         self.paths.pg_socket_dir.chmod(0o700)
-        if subprocess.run(["runuser", "-u", OS_USER, "--", "test", "-w", str(self._pg_root)]).returncode:
+        if subprocess.run(["runuser", "-u", OS_USER, "--", "test", "-w", str(self._pg_root)], check=False).returncode:
             raise RuntimeError(f"user {OS_USER} cannot reach {self._pg_root}: every parent folder of the lab "
                                "state folder must be traversable by others (chmod o+x), or set LAB_STATE_DIR")
 

@@ -15,7 +15,7 @@ description:
     (C(Microsoft.ManagedIdentity/userAssignedIdentities), api-version 2024-11-30) and returns its ids.
   - A re-run with nothing to change makes no write call. In check mode nothing is written and the ids Azure
     assigns on creation are returned as C((known after apply)).
-author: csa-inabox core team
+author: csa-inabox core team (@csa-inabox)
 options:
   name:
     description: Name of the identity (3 to 128 letters, digits, C(-) or C(_), starting with a letter or digit).
@@ -45,14 +45,17 @@ extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
 attributes:
   check_mode:
+    description: Reads everything and returns what would change, without writing anything.
     support: full
   diff_mode:
+    description: Returns the state before and after the change in RV(ignore:diff).
     support: full
 notes:
   - Deleting an identity does not detach it from workloads; detach it first with
     M(csa_inabox.managed_identity.azure_mi_assignment).
 seealso:
   - name: Manage user-assigned managed identities
+    description: Microsoft Learn.
     link: https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-manage-user-assigned-managed-identities
 """
 
@@ -86,7 +89,7 @@ identity:
     id:
       description: Resource id.
       type: str
-      sample: /subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-apps/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mi-orders-api
+      sample: /subscriptions/<subscription-id>/resourceGroups/rg-apps/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mi-orders-api
     name:
       description: Name.
       type: str

@@ -17,7 +17,7 @@ description:
     the module reads the workload first and keeps the other half of the type.
   - Only the identities that change are sent, V(null) for a removal, as the VM PATCH API defines (api-version
     2018-06-01 or later). A re-run with nothing to change makes no write call.
-author: csa-inabox core team
+author: csa-inabox core team (@csa-inabox)
 options:
   workload_type:
     description: Kind of workload. Virtual machines for now.
@@ -48,8 +48,10 @@ extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
 attributes:
   check_mode:
+    description: Reads everything and returns what would change, without writing anything.
     support: full
   diff_mode:
+    description: Returns the state before and after the change in RV(ignore:diff).
     support: full
 notes:
   - With several user-assigned identities on one VM, an application must select its identity by client id

@@ -17,7 +17,7 @@ description:
   - This is the migration's gate. Nothing is decommissioned or switched off for an application until this check has
     passed as that application.
   - Never changes anything. It runs in check mode too, because it only reads.
-author: csa-inabox core team
+author: csa-inabox core team (@csa-inabox)
 options:
   database_type:
     description: Kind of database. PostgreSQL for now.
@@ -63,8 +63,10 @@ extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
 attributes:
   check_mode:
+    description: Runs as usual, because the module only reads.
     support: full
   diff_mode:
+    description: Nothing changes, so there is nothing to diff.
     support: none
 """
 
@@ -157,12 +159,12 @@ def main():
                 cur.execute(params["query"])
                 row = cur.fetchone()
     except psycopg.Error as exc:
-        mod.fail("login as %s to %s:%s/%s failed" % (params["user"], params["host"], params["port"],
-                                                      params["database"]), exc, token_object_id=object_id_of(access.token))
+        target = "%s:%s/%s" % (params["host"], params["port"], params["database"])
+        mod.fail("login as %s to %s failed" % (params["user"], target), exc, token_object_id=object_id_of(access.token))
     expected = params["expected_user"] or params["user"]
+    plain = [v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for v in (row or [])]
     result = dict(connected_as=connected_as, token_object_id=object_id_of(access.token),
-                  token_expires_on=int(access.expires_on), row=[v if isinstance(v, (int, float, str, bool)) or v is None
-                                                                 else str(v) for v in (row or [])],
+                  token_expires_on=int(access.expires_on), row=plain,
                   elapsed_ms=int((time.monotonic() - started) * 1000))
     if connected_as != expected:
         mod.fail("connected as %r, expected %r" % (connected_as, expected), **result)

@@ -20,7 +20,7 @@ description:
     write. Writes run in one transaction per database. Check mode runs no DDL at all and returns the planned
     statements in RV(queries).
   - Connects as a Microsoft Entra administrator (O(admin_user)) with a token acquired by the module.
-author: csa-inabox core team
+author: csa-inabox core team (@csa-inabox)
 options:
   role:
     description: Name of the PostgreSQL role (at most 63 bytes). For a managed identity, usually its name; the
@@ -112,11 +112,14 @@ extends_documentation_fragment:
   - csa_inabox.managed_identity.postgres
 attributes:
   check_mode:
+    description: Reads everything and returns what would change, without writing anything.
     support: full
   diff_mode:
+    description: Returns the state before and after the change in RV(ignore:diff).
     support: full
 seealso:
   - name: Create users in Azure Database for PostgreSQL with Microsoft Entra
+    description: Microsoft Learn.
     link: https://learn.microsoft.com/azure/postgresql/flexible-server/how-to-manage-azure-ad-users
 """
 

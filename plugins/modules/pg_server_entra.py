@@ -21,7 +21,7 @@ description:
     switched off last. O(password_auth=false) is refused before any write unless Entra is on and at least one
     Entra administrator will exist.
   - Administrators not listed are kept unless O(purge_administrators=true).
-author: csa-inabox core team
+author: csa-inabox core team (@csa-inabox)
 options:
   name:
     description: Name of the flexible server.
@@ -64,13 +64,16 @@ extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
 attributes:
   check_mode:
+    description: Reads everything and returns what would change, without writing anything.
     support: full
   diff_mode:
+    description: Returns the state before and after the change in RV(ignore:diff).
     support: full
 notes:
   - O(tenant_id) (or C(AZURE_TENANT_ID)) is the tenant written in C(authConfig) and in each administrator.
 seealso:
   - name: Microsoft Entra authentication with Azure Database for PostgreSQL
+    description: Microsoft Learn.
     link: https://learn.microsoft.com/azure/postgresql/flexible-server/concepts-azure-ad-authentication
 """
 

@@ -15,7 +15,7 @@ description:
   - Used as evidence before anything is taken away. An application that still opens sessions with Vault-issued users
     has not really switched to its identity.
   - Read-only. It runs in check mode too.
-author: csa-inabox core team
+author: csa-inabox core team (@csa-inabox)
 options:
   users:
     description: Exact user names to look for.
@@ -44,8 +44,10 @@ extends_documentation_fragment:
   - csa_inabox.managed_identity.postgres
 attributes:
   check_mode:
+    description: Runs as usual, because the module only reads.
     support: full
   diff_mode:
+    description: Nothing changes, so there is nothing to diff.
     support: none
 """
 

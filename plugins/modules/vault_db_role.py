@@ -19,7 +19,7 @@ description:
     The connection is not recreated here, because that needs the database administrator's password, which this
     collection never handles.
   - The Vault token is read inside the module from C(VAULT_TOKEN) or O(token_file); it is never an option.
-author: csa-inabox core team
+author: csa-inabox core team (@csa-inabox)
 options:
   url:
     description: Vault / OpenBao address. Defaults to C(VAULT_ADDR).
@@ -65,8 +65,10 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Reads everything and returns what would change, without writing anything.
     support: full
   diff_mode:
+    description: Returns the state before and after the change in RV(ignore:diff).
     support: full
 requirements:
   - hvac >= 2.3

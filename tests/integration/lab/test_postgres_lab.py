@@ -16,7 +16,8 @@ import hvac
 import psycopg
 import pytest
 
-from conftest_pg import (DBA, DBA_ROLE, REPO_ROOT, entra_and_passwords_on, managed_identity,  # noqa: F401
+# Fixtures are used by name; pytest no longer loads plugins from a nested conftest, so they are imported here.
+from conftest_pg import (DBA, DBA_ROLE, REPO_ROOT, entra_and_passwords_on, managed_identity,  # noqa: F401 pylint: disable=unused-import
                          openbao_stack, pg_stack)
 
 
@@ -206,7 +207,7 @@ def run_demo_app(stack, app: str, **env) -> tuple[int, dict]:
     environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
                    "PYTHONPATH": str(REPO_ROOT / "lab"), "LAB_STATE_DIR": str(stack.paths.root), **env}
     done = subprocess.run([sys.executable, "-m", "azurelab.demo_app", app], env=environment, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
     return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
 
 

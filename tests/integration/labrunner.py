@@ -1,0 +1,111 @@
+"""A whole lab (``python -m azurelab up``) on its own ports and state folder, and a way to run playbooks against it.
+
+(A plain module rather than conftest.py: tests/integration/lab has a conftest of its own, and two modules named
+``conftest`` cannot both be imported by name.)
+
+Used by the playbook-level tests: they run ``ansible-playbook`` exactly as an operator would, with the lab's
+environment file, against ``inventories/lab`` (which follows ``LAB_PORT_BASE`` / ``LAB_STATE_DIR``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+VENV_BIN = pathlib.Path(sys.executable).parent
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+")
+
+
+def free_base() -> int:
+    """A port base whose lab ports (base+1 .. base+6, OpenBao's cluster port included) are all free."""
+    for _attempt in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1] - 1
+        if base + 6 > 65000:
+            continue
+        try:
+            for offset in range(1, 7):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range for a lab")
+
+
+@dataclasses.dataclass
+class RunningLab:
+    state: pathlib.Path
+    base: int
+
+    @property
+    def env(self) -> dict:
+        """The process environment of the lab's control node (what `source .lab/env.sh` gives a shell)."""
+        env = dict(os.environ, LAB_STATE_DIR=str(self.state), LAB_PORT_BASE=str(self.base),
+                   ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+        for line in (self.state / "env.sh").read_text().splitlines():
+            if line.startswith("export "):
+                key, _equals, value = line[len("export "):].partition("=")
+                env[key] = shlex.split(value)[0] if value else ""
+        return env
+
+    def lab(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=dict(self.env, PYTHONPATH=str(REPO / "lab")),
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    def playbook(self, playbook: str, *args: str, inventory: str = "inventories/lab") -> subprocess.CompletedProcess:
+        return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", inventory, playbook, *args], cwd=REPO,
+                              env=self.env, capture_output=True, text=True, timeout=600, check=False)
+
+    def arm_counters(self) -> dict:
+        context = ssl.create_default_context(cafile=str(self.state / "tls" / "ca.pem"))
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.base + 2}/lab/counters", context=context) as answer:
+            return json.load(answer)
+
+    def secrets(self) -> list[str]:
+        """Every secret the lab holds (admin password, client secret, OpenBao root token): none may leak."""
+        values = [(self.state / "openbao" / "token").read_text().strip()]
+
+        def walk(node):
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if isinstance(value, str) and any(k in key for k in ("password", "secret", "token")):
+                        values.append(value)
+                    walk(value)
+
+        walk(json.loads((self.state / "secrets.json").read_text()))
+        return [v for v in values if len(v) >= 8]
+
+    def assert_no_secret_in(self, text: str) -> None:
+        for secret in self.secrets():
+            assert secret not in text, "a lab secret leaked"
+        assert not JWT.search(text), "a token leaked"
+
+
+def running_lab():
+    """Start a fresh lab, yield it as a :class:`RunningLab`, stop and remove it."""
+    state = pathlib.Path(tempfile.mkdtemp(prefix="mi-lab-"))
+    running = RunningLab(state, free_base())
+    started = subprocess.run([sys.executable, "-m", "azurelab", "up"], cwd=REPO, capture_output=True, text=True,
+                             env=dict(os.environ, LAB_STATE_DIR=str(state), LAB_PORT_BASE=str(running.base),
+                                      PYTHONPATH=str(REPO / "lab")), timeout=120, check=False)
+    assert started.returncode == 0, started.stderr + started.stdout
+    try:
+        yield running
+    finally:
+        subprocess.run([sys.executable, "-m", "azurelab", "down"], cwd=REPO, capture_output=True, timeout=60,
+                       env=dict(os.environ, LAB_STATE_DIR=str(state), LAB_PORT_BASE=str(running.base),
+                                PYTHONPATH=str(REPO / "lab")), check=False)
+        shutil.rmtree(state, ignore_errors=True)
