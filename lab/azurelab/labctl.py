@@ -164,7 +164,7 @@ def up() -> int:
     paths.endpoints.write_text(json.dumps(endpoints(paths, ports, topology), indent=1) + "\n")
     paths.env_file.write_text(env_script(paths, ports, topology))
     print(f"lab up in {time.monotonic() - started:.1f} s (state {paths.root}); "
-          f"eval \"$(PYTHONPATH=lab python -m azurelab env)\" for its environment")
+          f"source {paths.env_file} for its environment")
     return 0
 
 

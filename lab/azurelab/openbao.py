@@ -242,7 +242,7 @@ class OpenBaoLab:
             "query": app["query"],
         }
         if desired != current:
-            config_file.write_text(json.dumps(desired, indent=2) + "\n")
+            config_file.write_text(json.dumps(desired, indent=4, sort_keys=True) + "\n")  # as to_nice_json: small diffs
             changed.append(f"app config {config_file.name}")
         return changed
 

@@ -21,12 +21,13 @@ REMEDIES = (
      "(AZURE_CLIENT_SECRET, or AZURE_SECRET for AWX)."),
     (r"Multiple user assigned identities exist",
      "The workload has several user-assigned identities: pass client_id (or set AZURE_CLIENT_ID) to pick one."),
+    (r"DefaultAzureCredential failed to retrieve a token|CredentialUnavailable",
+     "No credential was found where this ran: on the control node set AZURE_CLIENT_ID/AZURE_TENANT_ID (+ secret or "
+     "federated token file), run 'az login', or run where a managed identity is attached (for the local lab: "
+     "source .lab/env.sh)."),
     (r"Identity not found|ManagedIdentityCredential.*unavailable|No managed identity endpoint",
      "No managed identity is attached where this ran: attach it to the workload (azure_mi_assignment) and run "
      "the task on the workload itself."),
-    (r"DefaultAzureCredential failed to retrieve a token|CredentialUnavailable",
-     "No credential was found: on the control node set AZURE_CLIENT_ID/AZURE_TENANT_ID (+ secret or federated "
-     "token file), run 'az login', or run where a managed identity is attached."),
     (r"InvalidAuthenticationToken|AuthenticationFailed",
      "ARM refused the token: check cloud_environment (or cloud_endpoints) matches the subscription's cloud."),
     (r"AuthorizationFailed|LinkedAuthorizationFailed",

@@ -14,7 +14,7 @@ description:
   - Creates, updates (tags) or deletes a user-assigned managed identity
     (C(Microsoft.ManagedIdentity/userAssignedIdentities), api-version 2024-11-30) and returns its ids.
   - A re-run with nothing to change makes no write call. In check mode nothing is written and the ids Azure
-    assigns on creation are returned as C((known after apply)).
+    assigns on creation (client, principal and tenant id) are returned as C((known after apply)).
 author: csa-inabox core team (@csa-inabox)
 options:
   name:
@@ -112,6 +112,7 @@ identity:
 
 import re
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import resource_id
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import (
     KNOWN_AFTER_APPLY, MIModule, differences)
 
@@ -189,7 +190,8 @@ def main():
     if current is None:
         if not params["location"]:
             mod.fail("location is required to create identity %s" % params["name"])
-        planned = {"id": KNOWN_AFTER_APPLY, "name": params["name"], "location": params["location"],
+        planned = {"id": resource_id(mod.subscription_id, params["resource_group"], "Microsoft.ManagedIdentity",
+                                     "userAssignedIdentities", params["name"]), "name": params["name"], "location": params["location"],
                    "tags": desired(mod, None)["tags"] or {}, "client_id": KNOWN_AFTER_APPLY,
                    "principal_id": KNOWN_AFTER_APPLY, "tenant_id": KNOWN_AFTER_APPLY}
         after = planned if mod.check_mode else apply(mod, None, desired(mod, None))

@@ -247,8 +247,11 @@ def main():
     except hvac.exceptions.VaultError as exc:
         mod.fail("Vault refused %s" % (operations[-1] if operations else "a read"), exc,
                  operations=operations, backup_files=files)
-    mod.exit(True, before=role, after={}, role=role, leases_revoked=leases, connection_deleted=delete_connection,
-             backup_files=files, operations=operations)
+    mod.exit(True, before={"role": role, "leases": leases, "connection": connection_name},
+             after={"role": None, "leases": 0 if params["revoke_leases"] else leases,
+                    "connection": None if delete_connection else connection_name},
+             role=role, leases_revoked=leases, connection_deleted=delete_connection, backup_files=files,
+             operations=operations)
 
 
 if __name__ == "__main__":
