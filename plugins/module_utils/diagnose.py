@@ -62,7 +62,8 @@ REMEDIES = (
      "The server is not reachable from where this ran: run database tasks on a host inside the server's network "
      "(db_admin_host) and check firewall rules / private endpoints."),
     (r"permission denied|403",
-     "Permission denied: check the Vault token's policy or the database role used."),
+     "Permission denied: in PostgreSQL, connect as a Microsoft Entra administrator that is a member of the objects' "
+     "owner (admin_member_of); in Vault, check the token's policy."),
 )
 
 

@@ -103,7 +103,7 @@ options:
     elements: str
     default: []
   state:
-    description: Whether the principal should exist. V(absent) drops what it owns in O(database) and then the role.
+    description: Whether the principal should exist. V(absent) revokes its privileges in O(database), then drops the role.
     type: str
     choices: [present, absent]
     default: present
@@ -511,11 +511,20 @@ def run_present(mod, sql, admin_db, target_db, exists, principal, queries):
 
 
 def run_absent(mod, sql, admin_db, target_db, exists, queries):
+    """Revoke every privilege the role holds in the database, then drop it.
+
+    (``DROP OWNED BY`` would need membership in the role, which an Entra administrator does not have.)
+    A role that still owns objects, or holds privileges in another database, is refused by PostgreSQL with a
+    message naming them; nothing is committed in that case.
+    """
     role = mod.params["role"]
     if exists:
-        execute(mod, target_db, [sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role))], queries)
+        with target_db.cursor() as cur:
+            current, current_defaults = read_privileges(cur, role)
+        execute(mod, target_db, grant_statements(sql, role, mod.params["database"], set(), current)
+                + default_statements(sql, role, set(), current_defaults), queries)
         if not mod.check_mode:
-            target_db.commit()
+            target_db.commit()  # DROP ROLE, on the other connection, must see the privileges gone
         execute(mod, admin_db, [sql.SQL("DROP ROLE {}").format(sql.Identifier(role))], queries)
     return dict(before={"role": role if exists else None}, after={"role": None}, created=False, role=role,
                 object_id=mod.params["object_id"], privileges=[], default_privileges=[])

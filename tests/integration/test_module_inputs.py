@@ -1,0 +1,206 @@
+"""Each module against the lab, one call at a time (ad-hoc, as `ansible localhost -m ...`): life cycles,
+idempotence, and hostile input, which must get an error naming the field and change nothing."""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import tempfile
+
+import psycopg
+import pytest
+
+from labrunner import VENV_BIN
+
+SUBSCRIPTION = "2b6e3f4a-8c1d-4e9f-b7a2-5c0d9e8f1a23"
+TENANT = "7f0c6a9e-3b1d-4c55-9a8e-2d6f1b0c4e11"
+HOSTILE_ROLES = ['app"; DROP ROLE pgadmin; --', "app with spaces", "ünïcødé-приложение", "app]'x"]
+
+
+def call(lab, module: str, check: bool = False, **args) -> dict:
+    """Run one module on localhost with the lab's control-node environment; returns its result dict."""
+    if module != "vault_db_role":
+        args = dict(dict(cloud_environment="custom", subscription_id=SUBSCRIPTION, tenant_id=TENANT,
+                         cloud_endpoints={"resource_manager": f"https://127.0.0.1:{lab.base + 2}",
+                                          "authority_host": f"https://127.0.0.1:{lab.base + 1}",
+                                          "resource_manager_audience": "https://management.azure.com/"}), **args)
+    command = [str(VENV_BIN / "ansible"), "localhost", "-m", f"csa_inabox.managed_identity.{module}",
+               "-a", json.dumps(args)] + (["--check", "--diff"] if check else [])
+    with tempfile.TemporaryDirectory() as tree:  # the tree callback writes each host's result as JSON
+        env = dict(lab.env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
+                   ANSIBLE_CALLBACK_TREE_DIR=tree)
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        lab.assert_no_secret_in(run.stdout + run.stderr)
+        result = json.loads(pathlib.Path(tree, "localhost").read_text())
+    result.setdefault("failed", run.returncode != 0)  # the tree callback leaves `failed` out
+    return result
+
+
+def pg_admin(lab, **extra) -> dict:
+    return dict(host="localhost", port=lab.base + 4, admin_user="mi-operator", **extra)
+
+
+def catalog(lab, sql: str, params=(), dbname="postgres"):
+    """Run one statement as the lab's own superuser; its rows, or None for a statement without rows."""
+    with psycopg.connect(host=str(lab.state / "pg" / "run"), dbname=dbname, user="postgres") as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else None
+
+
+@pytest.fixture(scope="module")
+def entra_lab(lab):
+    """The lab with Entra on pg-lab and the control identity as its Entra administrator."""
+    operator = call(lab, "azure_mi", name="mi-operator", resource_group="rg-lab-ops")["identity"]
+    result = call(lab, "pg_server_entra", name="pg-lab", resource_group="rg-lab-data", active_directory_auth=True,
+                  administrators=[{"object_id": operator["principal_id"], "principal_name": "mi-operator",
+                                   "principal_type": "ServicePrincipal"}])
+    assert result["changed"] and not result.get("failed"), result
+    return lab
+
+
+def test_identity_life_cycle_is_idempotent(lab):
+    planned = call(lab, "azure_mi", check=True, name="mi-cycle", resource_group="rg-lab-apps", location="eastus2")
+    assert planned["changed"] and planned["identity"]["client_id"] == "(known after apply)"
+    assert planned["identity"]["id"].endswith("/userAssignedIdentities/mi-cycle")
+    writes = lab.arm_counters()["writes"]
+    created = call(lab, "azure_mi", name="mi-cycle", resource_group="rg-lab-apps", location="eastus2", tags={"a": 1})
+    assert created["changed"] and created["identity"]["tags"] == {"a": "1"}
+    assert created["identity"]["id"].lower() == planned["identity"]["id"].lower()
+    again = call(lab, "azure_mi", name="mi-cycle", resource_group="rg-lab-apps", location="eastus2", tags={"a": 1})
+    assert not again["changed"] and lab.arm_counters()["writes"] == writes + 1
+    retagged = call(lab, "azure_mi", name="mi-cycle", resource_group="rg-lab-apps", tags={"b": "2"}, purge_tags=False)
+    assert retagged["changed"] and retagged["identity"]["tags"] == {"a": "1", "b": "2"}
+    assert call(lab, "azure_mi", name="mi-cycle", resource_group="rg-lab-apps", state="absent")["changed"]
+    assert not call(lab, "azure_mi", name="mi-cycle", resource_group="rg-lab-apps", state="absent")["changed"]
+
+
+def test_attaching_identities_keeps_the_others(lab):
+    ids = [call(lab, "azure_mi", name=n, resource_group="rg-lab-apps", location="eastus2")["identity"]["id"]
+           for n in ("mi-keep-a", "mi-keep-b")]
+    assert call(lab, "azure_mi_assignment", name="vm-reports", resource_group="rg-lab-apps", identity_ids=ids[:1])["changed"]
+    both = call(lab, "azure_mi_assignment", name="vm-reports", resource_group="rg-lab-apps", identity_ids=ids[1:])
+    assert both["changed"] and len(both["user_assigned_identities"]) == 2
+    assert not call(lab, "azure_mi_assignment", name="vm-reports", resource_group="rg-lab-apps",
+                    identity_ids=[i.upper() for i in ids])["changed"]  # ARM ids compare case-insensitively
+    left = call(lab, "azure_mi_assignment", name="vm-reports", resource_group="rg-lab-apps", identity_ids=ids[:1],
+                state="absent")
+    assert left["removed"] == ids[:1] and [i.lower() for i in left["user_assigned_identities"]] == [ids[1].lower()]
+
+
+@pytest.mark.parametrize("name", ['mi"bad;name', "mï-unicode", "x" * 200, "ab", "-leading-dash"])
+def test_identity_names_azure_refuses_are_refused_before_any_call(lab, name):
+    writes = lab.arm_counters()["writes"]
+    result = call(lab, "azure_mi", name=name, resource_group="rg-lab-apps", location="eastus2")
+    assert result["failed"] and "name" in result["msg"] and "not a valid identity name" in result["msg"]
+    assert lab.arm_counters()["writes"] == writes
+
+
+@pytest.mark.parametrize("args, field", [
+    ({"identity_ids": ["not-a-resource-id"]}, "identity_ids"),
+    ({"identity_ids": ["/subscriptions/x/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"]},
+     "identity_ids"),
+])
+def test_assignment_refuses_what_is_not_an_identity_id(lab, args, field):
+    result = call(lab, "azure_mi_assignment", name="vm-orders", resource_group="rg-lab-apps", **args)
+    assert result["failed"] and field in result["msg"]
+
+
+def test_a_vm_that_does_not_exist(lab):
+    result = call(lab, "azure_mi_assignment", name="vm-nope", resource_group="rg-lab-apps", identity_ids=[])
+    assert result["failed"] and "vm-nope" in result["msg"] and result["remedy"]
+
+
+def test_a_server_that_does_not_exist_is_reported_and_nothing_is_written(lab):
+    writes = lab.arm_counters()["writes"]
+    result = call(lab, "pg_server_entra", name="pg-nope", resource_group="rg-lab-data", active_directory_auth=True)
+    assert result["failed"] and "pg-nope was not found" in result["msg"]
+    assert lab.arm_counters()["writes"] == writes
+
+
+@pytest.mark.parametrize("args, field", [
+    ({"administrators": [{"object_id": "not-a-guid", "principal_name": "x"}]}, "administrators[0].object_id"),
+    ({"administrators": [{"object_id": "5a1e7c3d-2b4f-4a6e-8d9c-0f1e2d3c4b5a", "principal_name": "x" * 64}]},
+     "administrators[0].principal_name"),
+    ({"password_auth": False}, "password_auth=false needs"),
+])
+def test_server_settings_that_would_break_are_refused_before_any_write(lab, args, field):
+    writes = lab.arm_counters()["writes"]
+    result = call(lab, "pg_server_entra", name="pg-lab", resource_group="rg-lab-data", **args)
+    assert result["failed"] and field in result["msg"], result
+    assert lab.arm_counters()["writes"] == writes
+
+
+@pytest.mark.parametrize("role", HOSTILE_ROLES)
+def test_hostile_role_names_are_quoted_exactly(entra_lab, role):
+    oid = "0f0e0d0c-%04x-4b0a-8a09-080706050403" % (HOSTILE_ROLES.index(role) + 1)
+    grants = [{"object_type": "database", "privileges": ["CONNECT"]},
+              {"object_type": "table", "schema": "public", "objects": ["products"], "privileges": ["SELECT"]}]
+    args = pg_admin(entra_lab, role=role, object_id=oid, database="appdb", admin_member_of=["pgadmin"], grants=grants)
+    created = call(entra_lab, "pg_entra_principal", **args)
+    assert created["changed"] and not created.get("failed"), created
+    assert catalog(entra_lab, "SELECT rolname FROM pg_roles WHERE rolname = %s", (role,)) == [(role,)]
+    assert catalog(entra_lab, "SELECT count(*) FROM pg_roles WHERE rolname = 'pgadmin'") == [(1,)]
+    assert catalog(entra_lab, "SELECT has_table_privilege(%s, 'public.products', 'SELECT')", (role,), "appdb") == [(True,)]
+    assert not call(entra_lab, "pg_entra_principal", **args)["changed"]
+    removed = call(entra_lab, "pg_entra_principal", **dict(args, state="absent"))
+    assert removed["changed"] and not removed["failed"], removed
+    assert catalog(entra_lab, "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)) == []
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"object_id": "not-a-guid"}, "object_id"),
+    ({"object_id": "c95dd33b-98b8-4970-af3d-63fe5d14f064'; --"}, "object_id"),
+    ({"grants": [{"object_type": "database", "privileges": ["CONNECT"]},
+                 {"object_type": "schema", "schema": "nope", "privileges": ["USAGE"]}]}, "grants[1].schema"),
+    ({"grants": [{"object_type": "table", "schema": "orders", "objects": ["missing"], "privileges": ["SELECT"]}]},
+     "grants[0].objects"),
+    ({"grants": [{"object_type": "table", "schema": "orders", "privileges": ["SELEKT"]}]}, "grants[0].privileges"),
+    ({"grants": [{"object_type": "table", "privileges": ["SELECT"]}]}, "grants[0].schema is required"),
+    ({"role": "r" * 64}, "role"),
+])
+def test_bad_principal_input_names_the_field_and_creates_nothing(entra_lab, extra, field):
+    args = pg_admin(entra_lab, role="mi-half-done", object_id="1a2b3c4d-0000-4000-8000-000000000001",
+                    database="appdb", admin_member_of=["pgadmin"],
+                    grants=[{"object_type": "table", "schema": "orders", "privileges": ["SELECT"]}])
+    args.update(extra)
+    result = call(entra_lab, "pg_entra_principal", **args)
+    assert result["failed"] and field in result["msg"], result
+    assert catalog(entra_lab, "SELECT rolname FROM pg_roles WHERE rolname IN ('mi-half-done', %s)", (args["role"],)) == []
+
+
+def test_missing_owner_membership_is_named_before_any_write(entra_lab):
+    catalog(entra_lab, 'REVOKE pgadmin FROM "mi-operator"')
+    args = pg_admin(entra_lab, role="mi-no-owner", object_id="5a2b3c4d-0000-4000-8000-000000000005", database="appdb",
+                    grants=[{"object_type": "table", "schema": "orders", "privileges": ["SELECT"]}])
+    result = call(entra_lab, "pg_entra_principal", **args)
+    assert result["failed"] and "not a member of pgadmin" in result["msg"] and "admin_member_of" in result["msg"]
+    assert catalog(entra_lab, "SELECT 1 FROM pg_roles WHERE rolname = 'mi-no-owner'") == []
+
+
+def test_same_name_other_object_id_is_drift_not_a_silent_rebind(entra_lab):
+    args = pg_admin(entra_lab, role="mi-recreated", object_id="2a2b3c4d-0000-4000-8000-000000000002", database="appdb")
+    assert call(entra_lab, "pg_entra_principal", **args)["changed"]
+    recreated = dict(args)
+    recreated["object_id"] = "3a2b3c4d-0000-4000-8000-000000000003"
+    result = call(entra_lab, "pg_entra_principal", **recreated)
+    assert result["failed"] and "is bound to object id 2a2b3c4d" in result["msg"]
+
+
+def test_a_password_role_of_the_same_name_is_left_alone(entra_lab):
+    result = call(entra_lab, "pg_entra_principal", **pg_admin(entra_lab, role="pgadmin", database="appdb",
+                                                              object_id="4a2b3c4d-0000-4000-8000-000000000004"))
+    assert result["failed"] and "not a Microsoft Entra principal" in result["msg"]
+
+
+def test_vault_module_reads_its_token_only_from_env_or_file(lab):
+    env_token = lab.env.get("VAULT_TOKEN")
+    assert env_token is None  # the lab never exports it
+    result = call(lab, "vault_db_role", url=lab.env["VAULT_ADDR"], name="orders-api", backup_dir=str(lab.state / "b"),
+                  token_file=str(lab.state / "no-such-token"))
+    assert result["failed"] and "VAULT_TOKEN" in result["msg"] and "no-such-token" in result["msg"]
+    result = call(lab, "vault_db_role", url=lab.env["VAULT_ADDR"], name="../sys", backup_dir=str(lab.state / "b"),
+                  token_file=str(lab.state / "openbao" / "token"))
+    assert result["failed"] and "name" in result["msg"]
+    planned = call(lab, "vault_db_role", check=True, url=lab.env["VAULT_ADDR"], name="orders-api",
+                   backup_dir=str(lab.state / "b"), token_file=str(lab.state / "openbao" / "token"))
+    assert planned["changed"] and planned["backup_files"] == [] and not (lab.state / "b").exists()
