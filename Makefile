@@ -9,7 +9,7 @@ PLAYBOOK := source $(LAB_STATE_DIR)/env.sh && $(BIN)/ansible-playbook -i invento
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 COLLECTION_LINK := $(VENV)/collections/ansible_collections/csa_inabox/managed_identity
 
-.PHONY: demo test venv lab-up lab-down lab-reset lab-status unit integration sanity molecule clean
+.PHONY: demo test venv system-packages lab-up lab-down lab-reset lab-status unit integration sanity molecule clean
 
 ## demo: set everything up, start the lab, migrate the lab fleet, print the report
 demo: venv lab-up
@@ -29,11 +29,18 @@ $(COLLECTION_LINK):
 	mkdir -p $(dir $@)
 	ln -sfn $(CURDIR) $@
 
-lab-up: venv
+# The lab runs Debian's PostgreSQL 15 server; install it when it is missing (as root, the only user this targets).
+PG_SERVER := /usr/lib/postgresql/15/bin/postgres
+system-packages:
+	@test -x $(PG_SERVER) || { test "$$(id -u)" = 0 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; } || \
+	  { echo "PostgreSQL 15 is needed: apt-get install -y postgresql-15" >&2; exit 1; }
+
+lab-up: venv system-packages
 	$(LAB) up
 lab-down: venv
 	$(LAB) down
-lab-reset: venv
+lab-reset: venv system-packages
 	$(LAB) reset
 lab-status: venv
 	$(LAB) status
@@ -45,10 +52,10 @@ sanity: venv
 	tests/sanity/run.sh
 
 # Each test module starts its own lab on its own ports and state folder, so a running `make demo` lab is untouched.
-integration: venv
+integration: venv system-packages
 	$(PYTEST) -q -n 2 --dist loadfile tests/integration
 
-molecule: venv
+molecule: venv system-packages
 	MOLECULE_LAB_PORT_BASE=$$($(BIN)/python -c 'import sys; sys.path.insert(0, "tests/integration"); \
 	  from labrunner import free_base; print(free_base())') PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test -s postgres
 

@@ -19,13 +19,6 @@ options:
     description: Server port.
     type: int
     default: 5432
-  admin_user:
-    description:
-      - The role to connect as, a Microsoft Entra administrator of the server (its C(principal_name)).
-      - The password is an access token for the PostgreSQL audience, acquired inside the module with the
-        credential of O(auth_source); no password is ever passed.
-    type: str
-    required: true
   ssl_mode:
     description: libpq C(sslmode). Azure requires TLS; C(verify-full) also checks the server's name.
     type: str
@@ -40,4 +33,16 @@ options:
     default: 15
 requirements:
   - psycopg >= 3.2
+"""
+
+    # For the modules that connect as the server's Microsoft Entra administrator.
+    ADMIN = r"""
+options:
+  admin_user:
+    description:
+      - The role to connect as, a Microsoft Entra administrator of the server (its C(principal_name)).
+      - The password is an access token for the PostgreSQL audience, acquired inside the module with the
+        credential of O(auth_source); no password is ever passed.
+    type: str
+    required: true
 """

@@ -10,14 +10,15 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-CONNECTION_ARGUMENT_SPEC = dict(
+# Options of doc fragment csa_inabox.managed_identity.postgres (the server), and .postgres.admin (who connects).
+SERVER_ARGUMENT_SPEC = dict(
     host=dict(type="str", required=True),
     port=dict(type="int", default=5432),
-    admin_user=dict(type="str", required=True),
     ssl_mode=dict(type="str", default="verify-full", choices=["require", "verify-ca", "verify-full"]),
     ssl_root_cert=dict(type="path"),
     connect_timeout=dict(type="int", default=15),
 )
+ADMIN_ARGUMENT_SPEC = dict(admin_user=dict(type="str", required=True))
 
 # What each kind of object accepts in GRANT (PostgreSQL 15 documentation, "Privileges", table 5.2).
 PRIVILEGES = {

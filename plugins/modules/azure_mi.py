@@ -43,13 +43,7 @@ options:
     default: present
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
-attributes:
-  check_mode:
-    description: Reads everything and returns what would change, without writing anything.
-    support: full
-  diff_mode:
-    description: Returns the state before and after the change in RV(ignore:diff).
-    support: full
+  - csa_inabox.managed_identity.attributes
 notes:
   - Deleting an identity does not detach it from workloads; detach it first with
     M(csa_inabox.managed_identity.azure_mi_assignment).

@@ -46,13 +46,7 @@ options:
     default: present
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
-attributes:
-  check_mode:
-    description: Reads everything and returns what would change, without writing anything.
-    support: full
-  diff_mode:
-    description: Returns the state before and after the change in RV(ignore:diff).
-    support: full
+  - csa_inabox.managed_identity.attributes
 notes:
   - With several user-assigned identities on one VM, an application must select its identity by client id
     (C(AZURE_CLIENT_ID) or C(managed_identity_client_id)); otherwise IMDS answers "Multiple user assigned identities exist".

@@ -39,35 +39,10 @@ options:
   expected_user:
     description: Fail unless the database reports this C(current_user). Defaults to O(user).
     type: str
-  host:
-    description: Server host name or address.
-    type: str
-    required: true
-  port:
-    description: Server port.
-    type: int
-    default: 5432
-  ssl_mode:
-    description: libpq C(sslmode).
-    type: str
-    default: verify-full
-    choices: [require, verify-ca, verify-full]
-  ssl_root_cert:
-    description: CA bundle to verify the server with. Defaults to libpq's (C(PGSSLROOTCERT)).
-    type: path
-  connect_timeout:
-    description: Seconds to wait for the connection.
-    type: int
-    default: 15
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
-attributes:
-  check_mode:
-    description: Runs as usual, because the module only reads.
-    support: full
-  diff_mode:
-    description: Nothing changes, so there is nothing to diff.
-    support: none
+  - csa_inabox.managed_identity.postgres
+  - csa_inabox.managed_identity.attributes.read_only
 """
 
 EXAMPLES = r"""
@@ -131,11 +106,7 @@ def main():
         user=dict(type="str", required=True),
         query=dict(type="str", default="SELECT current_user"),
         expected_user=dict(type="str"),
-        host=dict(type="str", required=True),
-        port=dict(type="int", default=5432),
-        ssl_mode=dict(type="str", default="verify-full", choices=["require", "verify-ca", "verify-full"]),
-        ssl_root_cert=dict(type="path"),
-        connect_timeout=dict(type="int", default=15),
+        **pg.SERVER_ARGUMENT_SPEC
     ))
     params = mod.params
     started = time.monotonic()

@@ -110,13 +110,8 @@ options:
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
   - csa_inabox.managed_identity.postgres
-attributes:
-  check_mode:
-    description: Reads everything and returns what would change, without writing anything.
-    support: full
-  diff_mode:
-    description: Returns the state before and after the change in RV(ignore:diff).
-    support: full
+  - csa_inabox.managed_identity.postgres.admin
+  - csa_inabox.managed_identity.attributes
 seealso:
   - name: Create users in Azure Database for PostgreSQL with Microsoft Entra
     description: Microsoft Learn.
@@ -374,7 +369,8 @@ def main():
         admin_member_of=dict(type="list", elements="str", default=[]),
         state=dict(type="str", default="present", choices=["present", "absent"]),
     )
-    spec.update(pg.CONNECTION_ARGUMENT_SPEC)
+    spec.update(pg.SERVER_ARGUMENT_SPEC)
+    spec.update(pg.ADMIN_ARGUMENT_SPEC)
     mod = MIModule(spec, required_if=[("state", "present", ("object_id",))])
     validate(mod)
     try:

@@ -62,13 +62,7 @@ options:
     default: false
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
-attributes:
-  check_mode:
-    description: Reads everything and returns what would change, without writing anything.
-    support: full
-  diff_mode:
-    description: Returns the state before and after the change in RV(ignore:diff).
-    support: full
+  - csa_inabox.managed_identity.attributes
 notes:
   - O(tenant_id) (or C(AZURE_TENANT_ID)) is the tenant written in C(authConfig) and in each administrator.
 seealso:

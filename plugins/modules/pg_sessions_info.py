@@ -42,13 +42,8 @@ options:
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
   - csa_inabox.managed_identity.postgres
-attributes:
-  check_mode:
-    description: Runs as usual, because the module only reads.
-    support: full
-  diff_mode:
-    description: Nothing changes, so there is nothing to diff.
-    support: none
+  - csa_inabox.managed_identity.postgres.admin
+  - csa_inabox.managed_identity.attributes.read_only
 """
 
 EXAMPLES = r"""
@@ -107,7 +102,8 @@ def main():
         window_seconds=dict(type="int", default=0),
         poll_seconds=dict(type="int", default=2),
     )
-    spec.update(pg.CONNECTION_ARGUMENT_SPEC)
+    spec.update(pg.SERVER_ARGUMENT_SPEC)
+    spec.update(pg.ADMIN_ARGUMENT_SPEC)
     mod = MIModule(spec)
     params = mod.params
     if params["window_seconds"] < 0 or params["poll_seconds"] < 1:

@@ -19,6 +19,8 @@ description:
     The connection is not recreated here, because that needs the database administrator's password, which this
     collection never handles.
   - The Vault token is read inside the module from C(VAULT_TOKEN) or O(token_file); it is never an option.
+extends_documentation_fragment:
+  - csa_inabox.managed_identity.attributes
 author: csa-inabox core team (@csa-inabox)
 options:
   url:
@@ -63,13 +65,6 @@ options:
     description: Delete the role's database connection when no other role (dynamic or static) uses it any more.
     type: bool
     default: false
-attributes:
-  check_mode:
-    description: Reads everything and returns what would change, without writing anything.
-    support: full
-  diff_mode:
-    description: Returns the state before and after the change in RV(ignore:diff).
-    support: full
 requirements:
   - hvac >= 2.3
 """
