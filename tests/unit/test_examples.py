@@ -44,8 +44,8 @@ def test_examples_are_accepted_by_the_argument_spec(name, monkeypatch):
     tasks = yaml.safe_load(module.EXAMPLES)
     used = [t for t in tasks if PREFIX + name in t]
     assert used, "EXAMPLES never calls %s" % name
-    validator = ArgumentSpecValidator(captured["spec"], **{k: v for k, v in captured["kwargs"].items()
-                                                          if k in ("required_if", "mutually_exclusive")})
+    rules = dict((k, v) for k, v in captured["kwargs"].items() if k in ("required_if", "mutually_exclusive"))
+    validator = ArgumentSpecValidator(captured["spec"], **rules)
     for task in used:
         result = validator.validate(task[PREFIX + name])
         assert not result.error_messages, "%s example %r: %s" % (name, task.get("name"), result.error_messages)
