@@ -12,11 +12,18 @@ Azure, and is "not found" here). Answers follow IMDS: ``expires_in`` / ``expires
 ``invalid_request`` for a missing ``Metadata`` header, "Identity not found", and "Multiple user assigned identities
 exist, ..." when several are attached and none is selected.
 
-Not emulated: system-assigned identities, the App Service / Functions endpoint (``IDENTITY_ENDPOINT``), the rest of
-IMDS (instance metadata, attested data), IMDS's rate limit (HTTP 429 above 20 requests/s), token caching by IMDS.
+The App Service / Functions style endpoint is served too, at ``/vms/{vm}/msi/token`` (a process sets
+``IDENTITY_ENDPOINT`` to that URL and ``IDENTITY_HEADER`` to the workload's secret from the lab's secrets file):
+``GET ?api-version=2019-08-01&resource=...`` with header ``X-IDENTITY-HEADER``, selecting an identity with
+``client_id``, ``principal_id`` or ``mi_res_id``; the answer carries ``expires_on`` in epoch seconds.
+Source: https://learn.microsoft.com/azure/app-service/overview-managed-identity#rest-endpoint-reference
+
+Not emulated: system-assigned identities, the rest of IMDS (instance metadata, attested data), IMDS's rate limit
+(HTTP 429 above 20 requests/s), token caching by IMDS, App Service's exact error bodies.
 """
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Callable
 
@@ -26,20 +33,22 @@ from .tokens import Issuer, normalise_audience
 from .web import JsonHandler
 
 TOKEN_PATH = "metadata/identity/oauth2/token"
+APP_SERVICE_PATH = "msi/token"
 
 
 class IdentityEndpoint:
     """``vm_identities(vm)`` (``ArmState.vm_user_assigned_identities``) returns the VM's
     ``identity.userAssignedIdentities`` map (resource id -> ``{principalId, clientId}``), ``{}`` for a VM without
-    identities, or ``None`` for an unknown VM.
+    identities, or ``None`` for an unknown VM. ``identity_headers`` maps a VM to its App Service style secret.
     """
 
     def __init__(self, issuer: Issuer, directory: Directory, audiences: list[str],
-                 vm_identities: Callable[[str], dict | None]):
+                 vm_identities: Callable[[str], dict | None], identity_headers: dict[str, str] | None = None):
         self.issuer = issuer
         self.directory = directory
         self.audiences = {normalise_audience(a) for a in audiences}
         self.vm_identities = vm_identities
+        self.identity_headers = identity_headers or {}
 
 
 def _bad_request(description: str) -> tuple[int, dict]:
@@ -51,13 +60,22 @@ class IdentityHandler(JsonHandler):
         parts = self.route.strip("/").split("/", 2)
         endpoint: IdentityEndpoint = self.app
         attached = endpoint.vm_identities(parts[1]) if len(parts) == 3 and parts[0] == "vms" else None
-        if attached is None or parts[2] != TOKEN_PATH:
+        if attached is None or parts[2] not in (TOKEN_PATH, APP_SERVICE_PATH):
             return self.send_json(404, {"error": "not_found", "error_description": f"No route for {self.route}"})
-        self.send_json(*self.token(endpoint, attached, self.query))
+        if parts[2] == APP_SERVICE_PATH:
+            expected = endpoint.identity_headers.get(parts[1], "")
+            given = self.headers.get("X-IDENTITY-HEADER", "")
+            if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+                return self.send_json(401, {"statusCode": 401, "message": "Unauthorized: X-IDENTITY-HEADER is "
+                                                                          "missing or wrong"})
+        elif self.headers.get("Metadata", "").lower() != "true":
+            return self.send_json(*_bad_request("Required metadata header not specified"))
+        status, body = self.token(endpoint, attached, self.query)
+        if parts[2] == APP_SERVICE_PATH and status == 200:
+            body = {k: body[k] for k in ("access_token", "expires_on", "resource", "token_type", "client_id")}
+        self.send_json(status, body)
 
     def token(self, endpoint: IdentityEndpoint, attached: dict, query: dict[str, str]) -> tuple[int, dict]:
-        if self.headers.get("Metadata", "").lower() != "true":
-            return _bad_request("Required metadata header not specified")
         if not query.get("api-version"):
             return _bad_request("Required query variable 'api-version' is missing")
         resource = query.get("resource")
@@ -66,7 +84,7 @@ class IdentityHandler(JsonHandler):
         selectors = {
             "clientId": query.get("client_id"),
             "principalId": query.get("object_id") or query.get("principal_id"),
-            "resourceId": query.get("msi_res_id"),
+            "resourceId": query.get("msi_res_id") or query.get("mi_res_id"),
         }
         selectors = {k: v.lower() for k, v in selectors.items() if v}
         candidates = [{"resourceId": rid, **ids} for rid, ids in attached.items()]

@@ -67,13 +67,18 @@ def ensure_secrets(paths: config.LabPaths, topology: dict) -> None:
     """Add the lab's missing secrets to ``paths().secrets`` (mode 0600), keeping the other components' entries.
 
     Written here: ``sp-lab-automation`` -> ``{"client_id", "client_secret"}`` (the Entra double's client-credentials
-    principal; its secret exists nowhere else).
+    principal; its secret exists nowhere else), and ``identity_headers`` -> ``{vm: secret}``, the value App Service
+    puts in ``IDENTITY_HEADER`` for the App Service style endpoint of each lab workload.
     """
     current = read_secrets(paths)
-    if AUTOMATION_SP in current:
+    vms = [vm["name"] for vm in topology["virtual_machines"]]
+    if AUTOMATION_SP in current and set(current.get("identity_headers", {})) >= set(vms):
         return
-    current[AUTOMATION_SP] = {"client_id": automation_principal(topology["tenant_id"])["client_id"],
-                              "client_secret": secrets.token_urlsafe(30)}
+    current.setdefault(AUTOMATION_SP, {"client_id": automation_principal(topology["tenant_id"])["client_id"],
+                                       "client_secret": secrets.token_urlsafe(30)})
+    headers = current.setdefault("identity_headers", {})
+    for vm in vms:
+        headers.setdefault(vm, secrets.token_urlsafe(24))
     paths.root.mkdir(parents=True, exist_ok=True)
     tmp = paths.secrets.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

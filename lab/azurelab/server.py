@@ -89,7 +89,8 @@ class Lab:
                                         f"{host}/{topology['tenant_id']}"), tls),
             "identity": LabHTTPServer(ports.identity, IdentityHandler,
                                       IdentityEndpoint(self.issuer, self.directory, audiences,
-                                                       self.arm.vm_user_assigned_identities)),
+                                                       self.arm.vm_user_assigned_identities,
+                                                       read_secrets(paths).get("identity_headers", {}))),
         }
         self.front = None
         pgfront = optional_module("pgfront")

@@ -145,6 +145,28 @@ def test_imds_serves_only_attached_identities(control_plane, monkeypatch):
     assert json.loads(no_header.value.read())["error_description"] == "Required metadata header not specified"
 
 
+def test_app_service_style_endpoint_needs_the_workload_secret(control_plane, monkeypatch):
+    compute = control_plane.client(ComputeManagementClient)
+    mine = new_identity(control_plane)
+    compute.virtual_machines.begin_update(RG_APPS, "vm-billing", {"identity": {
+        "type": "UserAssigned", "userAssignedIdentities": {mine["id"]: {}}}}).result()
+    endpoint = control_plane.imds_host("vm-billing") + "/msi/token"
+    secret = json.loads(control_plane.paths.secrets.read_text())["identity_headers"]["vm-billing"]
+    monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint)
+    monkeypatch.setenv("IDENTITY_HEADER", secret)
+    token = ManagedIdentityCredential(client_id=mine["client_id"]).get_token(ARM_SCOPE)
+    assert claims(token.token)["oid"] == mine["principal_id"] and token.expires_on > time.time()
+
+    monkeypatch.setenv("IDENTITY_HEADER", "wrong")
+    with pytest.raises(Exception) as refused:
+        ManagedIdentityCredential(client_id=mine["client_id"]).get_token(ARM_SCOPE)
+    assert "401" in str(refused.value) or "Unauthorized" in str(refused.value)
+    other_vm = json.loads(control_plane.paths.secrets.read_text())["identity_headers"]["vm-orders"]
+    monkeypatch.setenv("IDENTITY_HEADER", other_vm)  # another workload's secret is not this one's
+    with pytest.raises(Exception):
+        ManagedIdentityCredential(client_id=mine["client_id"]).get_token(ARM_SCOPE)
+
+
 def test_deleted_identity_dangles_on_the_vm_and_gets_no_token(control_plane, monkeypatch):
     compute = control_plane.client(ComputeManagementClient)
     msi = control_plane.client(ManagedServiceIdentityClient)
