@@ -69,10 +69,17 @@ class RunningLab:
         return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", inventory, playbook, *args], cwd=REPO,
                               env=self.env, capture_output=True, text=True, timeout=600, check=False)
 
-    def arm_counters(self) -> dict:
+    def lab_api(self, method: str, path: str, body: dict | None = None):
+        """Call the ARM double's lab API (``/lab/counters``, ``/lab/faults``)."""
         context = ssl.create_default_context(cafile=str(self.state / "tls" / "ca.pem"))
-        with urllib.request.urlopen(f"https://127.0.0.1:{self.base + 2}/lab/counters", context=context) as answer:
-            return json.load(answer)
+        request = urllib.request.Request(f"https://127.0.0.1:{self.base + 2}/lab/{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+            return json.loads(answer.read() or b"null")
+
+    def arm_counters(self) -> dict:
+        return self.lab_api("GET", "counters")
 
     def secrets(self) -> list[str]:
         """Every secret the lab holds (admin password, client secret, OpenBao root token): none may leak."""
