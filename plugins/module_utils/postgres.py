@@ -50,21 +50,35 @@ def render(conn, statement):
     return statement.as_string(conn) if hasattr(statement, "as_string") else str(statement)
 
 
-# Current privileges of one role in the connected database: (kind, schema, name, privilege) rows.
-# The database row has schema and name set to the database name; schema rows have name = schema.
+# Privileges of one role in the connected database: (kind, schema, name, privilege, granted by the owner) rows.
+# The database row has schema and name set to the database name; schema rows have name = schema. Only grants made
+# as the owner can be revoked by the owner's members; the others are reported, not managed.
 CURRENT_PRIVILEGES = """
-SELECT 'database', d.datname, d.datname, a.privilege_type
+SELECT 'database', d.datname, d.datname, a.privilege_type, a.grantor = d.datdba
   FROM pg_database d, aclexplode(d.datacl) a
  WHERE d.datname = current_database() AND a.grantee = %(oid)s
 UNION ALL
-SELECT 'schema', n.nspname, n.nspname, a.privilege_type
+SELECT 'schema', n.nspname, n.nspname, a.privilege_type, a.grantor = n.nspowner
   FROM pg_namespace n, aclexplode(n.nspacl) a
  WHERE a.grantee = %(oid)s
 UNION ALL
-SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, n.nspname, c.relname, a.privilege_type
+SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, n.nspname, c.relname, a.privilege_type,
+       a.grantor = c.relowner
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND a.grantee = %(oid)s
 """
+
+# Roles the role was made a member of by someone other than the platform: privileges this module does not manage,
+# reported as warnings. On Flexible Server only the platform is a superuser, so memberships it grants are its own.
+MEMBERSHIPS = """
+SELECT r.rolname
+  FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles g ON g.oid = m.grantor
+ WHERE m.member = %(oid)s AND NOT g.rolsuper
+"""
+
+# Whether the role owns anything anywhere in the cluster (pg_shdepend is shared by all databases).
+OWNS_OBJECTS = "SELECT count(*) FROM pg_shdepend WHERE refclassid = 'pg_authid'::regclass AND refobjid = %(oid)s" \
+               " AND deptype = 'o'"
 
 # Default privileges granted to one role: (owner role, schema or '', kind, privilege).
 CURRENT_DEFAULT_PRIVILEGES = """

@@ -128,11 +128,14 @@ def main():
         if value == KNOWN_AFTER_APPLY and mod.check_mode:
             wanted.append(value)  # an identity this check-mode run only plans to create
             continue
+        value = value.rstrip("/")
         parts = parse_resource_id(value)
-        if not parts or parts["type"].lower() != "userassignedidentities" or parts["rest"]:
+        if not parts or parts["namespace"].lower() != "microsoft.managedidentity" or \
+                parts["type"].lower() != "userassignedidentities" or parts["rest"]:
             mod.fail("identity_ids: %r is not a user-assigned identity resource id (/subscriptions/<id>/resourceGroups/"
                      "<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>)" % value)
-        wanted.append(value)
+        if value.lower() not in (w.lower() for w in wanted):  # ARM ids are case-insensitive: one entry each
+            wanted.append(value)
 
     current_type, attached = read_current(mod)
     system_assigned = "systemassigned" in current_type.replace(" ", "").lower().split(",")

@@ -33,7 +33,10 @@ options:
     type: str
     required: true
   query:
-    description: Read-only query to run after connecting; its first row is returned.
+    description:
+      - Query to run after connecting; its first row is returned.
+      - It runs as a single prepared statement in a read-only transaction that is rolled back, so it cannot change
+        anything (several statements separated by C(;) are refused).
     type: str
     default: SELECT current_user
   expected_user:
@@ -127,8 +130,11 @@ def main():
             with conn.cursor() as cur:
                 cur.execute("SELECT current_user")
                 connected_as = cur.fetchone()[0]
-                cur.execute(params["query"])
-                row = cur.fetchone()
+                # A prepared statement is one statement: "SELECT 1; COMMIT; DROP ..." is refused by the server,
+                # so the query cannot leave the read-only transaction. Nothing is committed either way.
+                cur.execute(params["query"], prepare=True)
+                row = cur.fetchone() if cur.description else None
+            conn.rollback()
     except psycopg.Error as exc:
         target = "%s:%s/%s" % (params["host"], params["port"], params["database"])
         mod.fail("login as %s to %s failed" % (params["user"], target), exc, token_object_id=object_id_of(access.token))

@@ -175,6 +175,15 @@ default_privileges:
   returned: always
   type: list
   elements: str
+unmanaged:
+  description:
+    - What else the role can do that this module does not manage, so cannot purge. These are privileges granted by
+      another role than the object's owner, memberships in other roles, and global default privileges. Each one is
+      also a warning; review them.
+  returned: always
+  type: list
+  elements: str
+  sample: ["member of role pgadmin", "table billing.invoices SELECT granted by another role than the owner"]
 queries:
   description: The statements run (or planned, in check mode), in order, with identifiers quoted. No secrets.
   returned: always
@@ -287,21 +296,43 @@ def desired_privileges(mod, cur):
             owners.add(present[name])
             wanted.update((kind, grant["schema"], name, p) for p in grant["privileges"])
     defaults = set()
-    for default in params["default_privileges"]:
+    for index, default in enumerate(params["default_privileges"]):
+        field = "default_privileges[%d]" % index
+        cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (default["schema"],))
+        if cur.fetchone() is None:
+            mod.fail("%s.schema: schema %r does not exist in database %s"
+                     % (field, default["schema"], params["database"]))
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (default["for_role"],))
+        if cur.fetchone() is None:
+            mod.fail("%s.for_role: role %r does not exist" % (field, default["for_role"]))
         owners.add(default["for_role"])
         defaults.update((default["for_role"], default["schema"], default["object_type"], p) for p in default["privileges"])
     return wanted, defaults, owners
 
 
-def read_privileges(cur, role):
+def read_privileges(cur, role, unmanaged=None):
+    """The role's privileges granted as the objects' owners, and its schema-level default privileges.
+
+    Privileges granted by someone else, role memberships and global default privileges cannot be revoked by the
+    owners' members; they are appended to ``unmanaged`` (a list of strings) when given.
+    """
     cur.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,))
     row = cur.fetchone()
     if row is None:
         return set(), set()
     cur.execute(pg.CURRENT_PRIVILEGES, {"oid": row[0]})
-    current = set(cur.fetchall())
+    rows = cur.fetchall()
+    current = set(r[:4] for r in rows if r[4])
     cur.execute(pg.CURRENT_DEFAULT_PRIVILEGES, {"oid": row[0]})
-    return current, set(r for r in cur.fetchall() if r[1])  # global default ACLs are not managed here
+    defaults = cur.fetchall()
+    if unmanaged is not None:
+        foreign = as_text(r[:4] for r in rows if not r[4])
+        unmanaged.extend("%s granted by another role than the owner" % text for text in foreign)
+        global_defaults = as_text((r for r in defaults if not r[1]), False)
+        unmanaged.extend("global default privilege %s" % text for text in global_defaults)
+        cur.execute(pg.MEMBERSHIPS, {"oid": row[0]})
+        unmanaged.extend("member of role %s" % r[0] for r in cur.fetchall())
+    return current, set(r for r in defaults if r[1])
 
 
 def grant_statements(sql, role, database, add, remove):
@@ -402,7 +433,7 @@ def main():
         planned = plan_without_catalog(mod, sql, role)
         mod.exit(True, before={}, after={"role": role, "planned": planned}, role=role,
                  object_id=params["object_id"], created=params["state"] == "present", privileges=[],
-                 default_privileges=[], queries=planned)
+                 default_privileges=[], unmanaged=[], queries=planned)
 
     queries = []
     try:
@@ -469,15 +500,28 @@ def run_present(mod, sql, admin_db, target_db, exists, principal, queries):
     if principal and principal["object_id"].lower() != str(oid).lower():
         mod.fail("role %r is bound to object id %s, not %s (was the identity recreated under the same name?): drop the "
                  "role and re-run, or fix object_id" % (role, principal["object_id"], oid))
+    unmanaged = []
     with target_db.cursor() as cur:
+        if not mod.check_mode:
+            # Parallel runs granting on the same tables would collide on their ACLs ("tuple concurrently updated").
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
         wanted, wanted_defaults, owners = desired_privileges(mod, cur)
-        current, current_defaults = read_privileges(cur, role)
+        current, current_defaults = read_privileges(cur, role, unmanaged)
         cur.execute("SELECT r FROM unnest(%s::text[]) r WHERE NOT pg_has_role(current_user, r, 'MEMBER')",
                     (sorted(owners),))
-        not_member = [r[0] for r in cur.fetchall() if r[0] not in params["admin_member_of"]]
+        missing = sorted(r[0] for r in cur.fetchall())
+        cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND (rolsuper OR rolname LIKE 'pg\\_%%')",
+                    (missing,))
+        refused = sorted(r[0] for r in cur.fetchall())
+    not_member = [r for r in missing if r not in params["admin_member_of"]]
     if not_member:
         mod.fail("%s is not a member of %s, which own(s) the objects to grant on: add them to admin_member_of, or "
-                 "grant the membership as that role" % (params["admin_user"], ", ".join(sorted(not_member))))
+                 "grant the membership as that role" % (params["admin_user"], ", ".join(not_member)))
+    if refused:
+        mod.fail("admin_member_of: %s is a superuser or predefined role; grant on its objects as an administrator "
+                 "instead" % ", ".join(refused))
+    for item in unmanaged:
+        mod.module.warn("role %s: %s (not managed by this module; review it)" % (role, item))
     add, remove = wanted - current, (current - wanted) if params["purge_grants"] else set()
     add_defaults = wanted_defaults - current_defaults
     remove_defaults = (current_defaults - wanted_defaults) if params["purge_grants"] else set()
@@ -486,11 +530,8 @@ def run_present(mod, sql, admin_db, target_db, exists, principal, queries):
     if principal is None:
         admin_statements.append(sql.SQL("SELECT * FROM pgaadauth_create_principal_with_oid({}, {}, {}, false, false)")
                                 .format(sql.Literal(role), sql.Literal(oid), sql.Literal(params["principal_type"])))
-    with admin_db.cursor() as cur:
-        cur.execute("SELECT r FROM unnest(%s::text[]) r WHERE NOT pg_has_role(current_user, r, 'MEMBER')",
-                    (params["admin_member_of"],))
-        admin_statements.extend(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(r[0]))
-                                for r in cur.fetchall())
+    # Only the memberships these grants need: owners of the objects, listed in admin_member_of.
+    admin_statements.extend(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(r)) for r in missing)
     execute(mod, admin_db, admin_statements, queries)
     if not mod.check_mode:
         admin_db.commit()  # the role must exist before the target database can grant to it
@@ -503,19 +544,25 @@ def run_present(mod, sql, admin_db, target_db, exists, principal, queries):
     after_view = {"role": role, "object_id": oid, "privileges": as_text(after),
                   "default_privileges": as_text(after_defaults, False)}
     return dict(before=before, after=after_view, created=principal is None, role=role, object_id=oid,
-                privileges=after_view["privileges"], default_privileges=after_view["default_privileges"])
+                privileges=after_view["privileges"], default_privileges=after_view["default_privileges"],
+                unmanaged=unmanaged)
 
 
 def run_absent(mod, sql, admin_db, target_db, exists, queries):
     """Revoke every privilege the role holds in the database, then drop it.
 
     (``DROP OWNED BY`` would need membership in the role, which an Entra administrator does not have.)
-    A role that still owns objects, or holds privileges in another database, is refused by PostgreSQL with a
-    message naming them; nothing is committed in that case.
+    A role that owns objects anywhere is refused before anything changes: dropping it would need its objects
+    reassigned first, a decision for the application's owner.
     """
     role = mod.params["role"]
     if exists:
         with target_db.cursor() as cur:
+            cur.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,))
+            cur.execute(pg.OWNS_OBJECTS, {"oid": cur.fetchone()[0]})
+            if cur.fetchone()[0]:
+                mod.fail("role %r owns database objects: reassign them (REASSIGN OWNED BY, as a member of both roles) "
+                         "before removing the principal; nothing was changed" % role)
             current, current_defaults = read_privileges(cur, role)
         execute(mod, target_db, grant_statements(sql, role, mod.params["database"], set(), current)
                 + default_statements(sql, role, set(), current_defaults), queries)
@@ -523,7 +570,7 @@ def run_absent(mod, sql, admin_db, target_db, exists, queries):
             target_db.commit()  # DROP ROLE, on the other connection, must see the privileges gone
         execute(mod, admin_db, [sql.SQL("DROP ROLE {}").format(sql.Identifier(role))], queries)
     return dict(before={"role": role if exists else None}, after={"role": None}, created=False, role=role,
-                object_id=mod.params["object_id"], privileges=[], default_privileges=[])
+                object_id=mod.params["object_id"], privileges=[], default_privileges=[], unmanaged=[])
 
 
 if __name__ == "__main__":

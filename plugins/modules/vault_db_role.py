@@ -175,6 +175,8 @@ def main():
     mount, name = params["mount"].strip("/"), params["name"]
     if not name or "/" in name or name in (".", ".."):
         mod.fail("name %r is not a role name (no '/')" % name)
+    if not mount or any(part in ("", ".", "..") for part in mount.split("/")):
+        mod.fail("mount %r is not a mount path (no empty, '.' or '..' segments)" % params["mount"])
     role_backup = os.path.join(params["backup_dir"], mount, "roles", name + ".json")
     try:
         import hvac  # pylint: disable=import-outside-toplevel

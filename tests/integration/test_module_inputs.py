@@ -204,3 +204,90 @@ def test_vault_module_reads_its_token_only_from_env_or_file(lab):
     planned = call(lab, "vault_db_role", check=True, url=lab.env["VAULT_ADDR"], name="orders-api",
                    backup_dir=str(lab.state / "b"), token_file=str(lab.state / "openbao" / "token"))
     assert planned["changed"] and planned["backup_files"] == [] and not (lab.state / "b").exists()
+
+
+def test_login_check_query_cannot_write(entra_lab):
+    base = dict(host="localhost", port=entra_lab.base + 4, database="appdb", user="mi-operator",
+                auth_source="managed_identity")
+    ok = call(entra_lab, "mi_login_check", **base, query="SELECT 40 + 2")
+    assert not ok["failed"] and ok["connected_as"] == "mi-operator" and ok["row"] == [42]
+    for query in ("SELECT 1; COMMIT; DROP TABLE public.products", "CREATE TABLE public.sneaky (x int)"):
+        result = call(entra_lab, "mi_login_check", **base, query=query)
+        assert result["failed"], query
+    assert catalog(entra_lab, "SELECT count(*) FROM pg_class WHERE relname IN ('products', 'sneaky')",
+                   dbname="appdb") == [(1,)]
+
+
+def test_grants_made_by_another_grantor_are_reported_not_fought(entra_lab):
+    args = pg_admin(entra_lab, role="mi-foreign-grant", object_id="6a2b3c4d-0000-4000-8000-000000000006",
+                    database="appdb", admin_member_of=["pgadmin"],
+                    grants=[{"object_type": "table", "schema": "orders", "privileges": ["SELECT"]}])
+    assert call(entra_lab, "pg_entra_principal", **args)["changed"]
+    for statement in ("CREATE ROLE helper_grantor", "GRANT USAGE ON SCHEMA billing TO helper_grantor",
+                      "GRANT SELECT ON billing.invoices TO helper_grantor WITH GRANT OPTION",
+                      "SET ROLE helper_grantor; GRANT SELECT ON billing.invoices TO \"mi-foreign-grant\"",
+                      "SET ROLE pgadmin; GRANT helper_grantor TO \"mi-foreign-grant\""):
+        with psycopg.connect(host=str(entra_lab.state / "pg" / "run"), dbname="appdb", user="postgres",
+                             autocommit=True) as conn:
+            for part in statement.split("; "):
+                conn.execute(part)
+    again = call(entra_lab, "pg_entra_principal", **args)
+    assert not again["changed"], again.get("queries")
+    assert again["unmanaged"] == ["table billing.invoices SELECT granted by another role than the owner",
+                                  "member of role helper_grantor"]
+
+
+def test_removing_a_principal_that_owns_objects_changes_nothing(entra_lab):
+    args = pg_admin(entra_lab, role="mi-owner", object_id="7a2b3c4d-0000-4000-8000-000000000007", database="appdb",
+                    admin_member_of=["pgadmin"],
+                    grants=[{"object_type": "table", "schema": "orders", "privileges": ["SELECT"]}])
+    assert call(entra_lab, "pg_entra_principal", **args)["changed"]
+    catalog(entra_lab, 'CREATE TABLE public.owned_by_app (x int); ALTER TABLE public.owned_by_app OWNER TO "mi-owner"',
+            dbname="appdb")
+    result = call(entra_lab, "pg_entra_principal", **dict(args, state="absent"))
+    assert result["failed"] and "owns database objects" in result["msg"]
+    assert catalog(entra_lab, "SELECT has_table_privilege('mi-owner', 'orders.orders', 'SELECT')", dbname="appdb") \
+        == [(True,)]
+
+
+def test_default_privileges_on_a_missing_schema_create_nothing(entra_lab):
+    args = pg_admin(entra_lab, role="mi-bad-default", object_id="8a2b3c4d-0000-4000-8000-000000000008",
+                    database="appdb", admin_member_of=["pgadmin"],
+                    default_privileges=[{"for_role": "pgadmin", "schema": "nope", "object_type": "table",
+                                         "privileges": ["SELECT"]}])
+    result = call(entra_lab, "pg_entra_principal", **args)
+    assert result["failed"] and "default_privileges[0].schema" in result["msg"]
+    assert catalog(entra_lab, "SELECT 1 FROM pg_roles WHERE rolname = 'mi-bad-default'") == []
+
+
+def test_admin_member_of_grants_only_the_owners_it_needs(entra_lab):
+    args = pg_admin(entra_lab, role="mi-escalate", object_id="9a2b3c4d-0000-4000-8000-000000000009", database="appdb",
+                    admin_member_of=["pgadmin", "pg_execute_server_program"],
+                    grants=[{"object_type": "table", "schema": "orders", "privileges": ["SELECT"]}])
+    result = call(entra_lab, "pg_entra_principal", **args)
+    assert not result["failed"], result
+    assert not any("pg_execute_server_program" in q for q in result["queries"])
+    assert catalog(entra_lab, "SELECT pg_has_role('mi-operator', 'pg_execute_server_program', 'MEMBER')") == [(False,)]
+
+
+def test_parallel_principals_on_the_same_tables_all_converge(entra_lab):
+    import concurrent.futures
+
+    def one(index):
+        return call(entra_lab, "pg_entra_principal", **pg_admin(
+            entra_lab, role="mi-par-%d" % index, object_id="ab2b3c4d-0000-4000-8000-00000000000%d" % index,
+            database="appdb", admin_member_of=["pgadmin"],
+            grants=[{"object_type": "table", "schema": "orders", "privileges": ["SELECT", "INSERT"]},
+                    {"object_type": "sequence", "schema": "orders", "privileges": ["USAGE"]}]))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(4)))
+    assert all(r["changed"] and not r["failed"] for r in results), [r.get("msg") for r in results]
+    assert catalog(entra_lab, "SELECT count(*) FROM information_schema.role_table_grants WHERE grantee LIKE 'mi-par-%%'"
+                   " AND table_name = 'orders'", dbname="appdb") == [(8,)]
+
+
+def test_vault_mount_cannot_leave_the_backup_dir(lab):
+    result = call(lab, "vault_db_role", url=lab.env["VAULT_ADDR"], mount="../v1/database", name="reports",
+                  backup_dir=str(lab.state / "bk" / "a"), token_file=str(lab.state / "openbao" / "token"))
+    assert result["failed"] and "mount" in result["msg"] and not (lab.state / "bk").exists()
