@@ -27,16 +27,16 @@ VENV_BIN = pathlib.Path(sys.executable).parent
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+")
 
 
-def free_base() -> int:
-    """A port base whose lab ports (base+1 .. base+6, OpenBao's cluster port included) are all free."""
+def free_base(span: int = 6) -> int:
+    """A port base whose ports base+1 .. base+span are all free (a whole lab: 6, OpenBao's cluster port included)."""
     for _attempt in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             base = probe.getsockname()[1] - 1
-        if base + 6 > 65000:
+        if base + span > 65000:
             continue
         try:
-            for offset in range(1, 7):
+            for offset in range(1, span + 1):
                 with socket.socket() as sock:
                     sock.bind(("127.0.0.1", base + offset))
         except OSError:

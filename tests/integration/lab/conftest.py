@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import ssl
 import sys
 import tempfile
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO_ROOT / "lab"))
 from azurelab import ca, config, labctl  # noqa: E402
 from azurelab.config import LabPaths, Ports  # noqa: E402
 from azurelab.server import Lab  # noqa: E402
+from labrunner import free_base  # noqa: E402,F401  (re-exported for test_control_plane)
 
 ARM_SCOPE = "https://management.azure.com/.default"
 
@@ -103,26 +103,6 @@ class ControlPlane:
         context = ssl.create_default_context(cafile=str(self.paths.ca_bundle))
         with urllib.request.urlopen(request, context=context, timeout=5) as response:
             return json.loads(response.read() or b"null")
-
-
-def free_base() -> int:
-    """A port base whose entra/arm/identity ports (base+1..base+3) are free."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1] - 1
-        sockets = []
-        try:
-            for offset in (1, 2, 3):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
 
 
 @pytest.fixture(scope="session")

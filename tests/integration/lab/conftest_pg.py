@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from labrunner import free_base
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO_ROOT / "lab"))
@@ -61,16 +61,7 @@ class PgStack:
 
 def free_port_pair() -> int:
     """A free port p with p+1 free too (OpenBao's dev server takes the next port for cluster traffic)."""
-    while True:
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
+    return free_base(2) + 1
 
 
 @pytest.fixture(scope="session")
