@@ -12,6 +12,11 @@ __metaclass__ = type
 
 import os
 
+try:
+    from urllib.parse import urlparse
+except ImportError:  # Python 2 controllers are not supported, but sanity imports this file there
+    from urlparse import urlparse  # type: ignore
+
 VAULT_ARGUMENT_SPEC = dict(
     url=dict(type="str", fallback=(lambda: os.environ.get("VAULT_ADDR"), [])),
     token_file=dict(type="path", default="~/.vault-token"),
@@ -40,13 +45,15 @@ def read_token(token_file):
     return token
 
 
-def client(params):
+def client(params, warn=None):
     """An authenticated ``hvac.Client`` for the module's ``url``/``token_file``/``ca_cert``/``namespace`` params."""
     import hvac  # pylint: disable=import-outside-toplevel
 
     url = params.get("url") or os.environ.get("VAULT_ADDR")
     if not url:
         raise VaultConfigError("url is required (option, or VAULT_ADDR)")
+    if warn and url.startswith("http://") and urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        warn("Vault is reached over plain http at %s: its token crosses the network in clear text" % url)
     verify = params.get("ca_cert") or os.environ.get("VAULT_CACERT") or True
     return hvac.Client(url=url, token=read_token(params.get("token_file")), verify=verify,
                        namespace=params.get("namespace") or os.environ.get("VAULT_NAMESPACE"))

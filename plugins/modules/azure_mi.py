@@ -168,6 +168,9 @@ def main():
         state=dict(type="str", default="present", choices=["present", "absent"]),
     ))
     params = mod.params
+    for key, value in (params["tags"] or {}).items():
+        if value is None or isinstance(value, (dict, list)):
+            mod.fail("tags.%s: %r is not a tag value (use a string)" % (key, value))
     if not NAME.fullmatch(params["name"]):
         mod.fail("name %r is not a valid identity name: 3 to 128 letters, digits, '-' or '_', starting with a letter "
                  "or digit" % params["name"])

@@ -204,6 +204,9 @@ def main():
     admins_after = [a for key, a in admins.items() if key not in replaced] + [dict(a) for a in to_add]
 
     # Refuse what would lock everyone out, before any write.
+    if admins and not admins_after:
+        mod.fail("purge_administrators would remove every Entra administrator of %s: list at least one in "
+                 "administrators" % params["name"])
     if want_pw == "Disabled" and want_ad != "Enabled":
         mod.fail("password_auth=false needs active_directory_auth=true: with both off nobody can log in")
     if want_pw == "Disabled" and not admins_after:

@@ -180,7 +180,7 @@ def main():
     role_backup = os.path.join(params["backup_dir"], mount, "roles", name + ".json")
     try:
         import hvac  # pylint: disable=import-outside-toplevel
-        client = vault.client(params)
+        client = vault.client(params, warn=mod.module.warn)
     except ImportError:
         from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
         mod.module.fail_json(msg=missing_required_lib("hvac"))

@@ -291,3 +291,17 @@ def test_vault_mount_cannot_leave_the_backup_dir(lab):
     result = call(lab, "vault_db_role", url=lab.env["VAULT_ADDR"], mount="../v1/database", name="reports",
                   backup_dir=str(lab.state / "bk" / "a"), token_file=str(lab.state / "openbao" / "token"))
     assert result["failed"] and "mount" in result["msg"] and not (lab.state / "bk").exists()
+
+
+def test_purging_every_entra_administrator_is_refused(entra_lab):
+    writes = entra_lab.arm_counters()["writes"]
+    result = call(entra_lab, "pg_server_entra", name="pg-lab", resource_group="rg-lab-data", administrators=[],
+                  purge_administrators=True)
+    assert result["failed"] and "would remove every Entra administrator" in result["msg"]
+    assert entra_lab.arm_counters()["writes"] == writes
+
+
+@pytest.mark.parametrize("tags", [{"owner": None}, {"owner": {"nested": 1}}, {"owner": ["a"]}])
+def test_tag_values_must_be_strings(lab, tags):
+    result = call(lab, "azure_mi", name="mi-tags", resource_group="rg-lab-apps", location="eastus2", tags=tags)
+    assert result["failed"] and "tags.owner" in result["msg"]

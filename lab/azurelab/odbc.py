@@ -1,0 +1,60 @@
+"""Register the Microsoft ODBC Driver 18 from the ``mssql-python-odbc`` wheel with unixODBC, for the lab only.
+
+Microsoft ODBC Driver 18 is not a Debian package; the PyPI wheel ``mssql-python-odbc`` ships
+``libmsodbcsql-18.*.so`` (with its ``share/resources`` message file beside it). pyodbc goes through Debian's
+unixODBC driver manager (``apt-get install unixodbc``), which finds drivers by name in ``odbcinst.ini``. Rather
+than touch ``/etc/odbcinst.ini``, the lab writes its own under the state folder; clients use it through
+``ODBCSYSINI`` / ``ODBCINSTINI``. unixODBC reads those once per process, so set them before the first connect.
+
+Not handled: the wheel's musl (Alpine) and ARM64 builds are found by the same search but were never tried here.
+"""
+from __future__ import annotations
+
+import pathlib
+
+from .config import LabPaths
+
+DRIVER_NAME = "ODBC Driver 18 for SQL Server"
+_DISTRO_DIRS = ("debian_ubuntu", "rhel", "suse", "alpine")
+
+
+def driver_library() -> pathlib.Path:
+    """Path of ``libmsodbcsql-18.*.so*`` inside the installed ``mssql-python-odbc`` wheel.
+
+    Raises ``RuntimeError`` saying what to install when the wheel is missing.
+    """
+    try:
+        import mssql_python_odbc
+    except ImportError:
+        raise RuntimeError("the ODBC driver comes from the PyPI wheel: pip install mssql-python-odbc") from None
+    libs = pathlib.Path(mssql_python_odbc.get_libs_dir()) / "linux"
+    distro = _distro_dir()
+    found = sorted(libs.glob(f"{distro}/*/lib/libmsodbcsql-18*.so*")) or sorted(libs.glob("*/*/lib/libmsodbcsql-18*.so*"))
+    if not found:
+        raise RuntimeError(f"no libmsodbcsql-18 below {libs} (is this a Linux build of mssql-python-odbc?)")
+    return found[0]
+
+
+def _distro_dir() -> str:
+    """The wheel's folder for this Linux family, from ``/etc/os-release``."""
+    try:
+        text = pathlib.Path("/etc/os-release").read_text(encoding="utf-8").lower()
+    except OSError:
+        return _DISTRO_DIRS[0]
+    for marker, folder in (("alpine", "alpine"), ("suse", "suse"), ("rhel", "rhel"), ("fedora", "rhel")):
+        if marker in text:
+            return folder
+    return "debian_ubuntu"
+
+
+def register_driver(paths: LabPaths) -> dict[str, str]:
+    """Write ``<state>/odbc/odbcinst.ini`` naming the wheel's driver ``ODBC Driver 18 for SQL Server``.
+
+    Returns the environment variables a client process needs (``ODBCSYSINI``, ``ODBCINSTINI``). Idempotent.
+    """
+    folder = paths.root / "odbc"
+    folder.mkdir(parents=True, exist_ok=True)
+    ini = folder / "odbcinst.ini"
+    ini.write_text(f"[{DRIVER_NAME}]\nDescription=Microsoft ODBC Driver 18 for SQL Server (mssql-python-odbc wheel)\n"
+                   f"Driver={driver_library()}\nUsageCount=1\n", encoding="utf-8")
+    return {"ODBCSYSINI": str(folder), "ODBCINSTINI": ini.name}

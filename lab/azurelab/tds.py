@@ -1,0 +1,443 @@
+"""The server side of TDS 7.4 (MS-TDS), as much as the lab's Azure SQL double needs.
+
+What is here, with the MS-TDS section each part follows (the wire facts are in ../shared/TDS_NOTES.md):
+
+- :class:`Channel`: packets (2.2.3) over one TCP connection, split and joined by message; TLS that starts
+  inside PRELOGIN packets and then carries the rest of the session (2.2.6.5, "TLS/SSL" in 3.2.5.1), done with
+  ``ssl.MemoryBIO`` so that the handshake records can be framed as TDS packets. The server is capped at TLS 1.2:
+  msodbcsql stalls on TLS 1.3 inside PRELOGIN.
+- PRELOGIN parsing and building (2.2.6.5).
+- LOGIN7 parsing (2.2.6.4) including the feature-extension block, FEDAUTH with a security token
+  (2.2.6.4 FEDAUTH, library 0x01) and the SQL-authentication password obfuscation.
+- SQL batch text (2.2.6.7, after ALL_HEADERS 2.2.5.3), the name of an RPC (2.2.6.6) and the request type of a
+  transaction-manager request (2.2.6.9).
+- Token writers (2.2.7): LOGINACK, ENVCHANGE, INFO, ERROR, FEATUREEXTACK, DONE/DONEPROC/DONEINPROC,
+  RETURNSTATUS, and COLMETADATA + ROW for NVARCHAR, INT, VARBINARY and BIT columns (all nullable).
+
+Not emulated: TDS 8.0 (``Encrypt=strict``, TLS before PRELOGIN), login-only encryption (the double always
+encrypts the whole session, as Azure SQL does), MARS / SMP, the ADAL/MSAL FEDAUTH workflows (FEDAUTHINFO, the
+driver fetching its own token), SSPI, session recovery, NBCROW, PLP (``(max)``) and every other data type, RPC
+parameters, column encryption, data classification.
+"""
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import struct
+import uuid
+
+# Packet types (2.2.3.1.1)
+SQL_BATCH = 0x01
+RPC = 0x03
+TABULAR_RESULT = 0x04
+ATTENTION = 0x06
+TRANSACTION_MANAGER = 0x0E
+LOGIN7 = 0x10
+PRELOGIN = 0x12
+
+HEADER = struct.Struct(">BBHHBB")  # type, status, length, SPID, packet id, window
+STATUS_EOM = 0x01
+MAX_MESSAGE = 1 << 20  # a LOGIN7 with a large token is ~10 kB; batches the double runs are small
+DEFAULT_PACKET_SIZE = 4096
+
+# PRELOGIN options (2.2.6.5)
+PL_VERSION, PL_ENCRYPTION, PL_INSTOPT, PL_THREADID, PL_MARS, PL_TRACEID, PL_FEDAUTHREQUIRED, PL_NONCE = range(8)
+PL_TERMINATOR = 0xFF
+ENCRYPT_OFF, ENCRYPT_ON, ENCRYPT_NOT_SUP, ENCRYPT_REQ = range(4)
+
+# LOGIN7 feature extensions (2.2.6.4)
+FEATURE_FEDAUTH = 0x02
+FEATURE_TERMINATOR = 0xFF
+FEDAUTH_LIBRARY_SECURITYTOKEN = 0x01
+
+# Transaction manager request types (2.2.6.9)
+TM_BEGIN_XACT, TM_COMMIT_XACT, TM_ROLLBACK_XACT = 5, 7, 8
+
+# DONE status bits (2.2.7.6)
+DONE_FINAL, DONE_MORE, DONE_ERROR, DONE_COUNT, DONE_ATTN = 0x00, 0x01, 0x02, 0x10, 0x20
+CURCMD_SELECT = 0x00C1
+
+TDS_74 = 0x74000004
+# Latin1_General_CI_AS, LCID 0x0409: what Azure SQL Database reports (the 5-byte COLLATION of 2.2.5.1.2)
+COLLATION = bytes.fromhex("0904d00034")
+
+
+class ProtocolError(Exception):
+    """The client sent something this server cannot read; the session is closed."""
+
+
+class Channel:
+    """TDS messages over one client socket, in clear or inside TLS.
+
+    Reads block; a socket timeout raises ``OSError`` (``TimeoutError``) to the caller. ``packet_size`` is the
+    negotiated size outgoing messages are split to.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.packet_size = DEFAULT_PACKET_SIZE
+        self._tls: ssl.SSLObject | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._buffer = bytearray()
+
+    # --- raw bytes -------------------------------------------------------------------------------------------
+    def _recv_socket(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("client closed the connection")
+        return data
+
+    def _fill(self, size: int) -> None:
+        """Make ``size`` plaintext bytes available in the buffer."""
+        while len(self._buffer) < size:
+            if self._tls is None:
+                self._buffer += self._recv_socket()
+                continue
+            try:
+                self._buffer += self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                self._incoming.write(self._recv_socket())
+            except ssl.SSLZeroReturnError:
+                raise ConnectionResetError("client closed the TLS session") from None
+
+    def _take(self, size: int) -> bytes:
+        self._fill(size)
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def _send(self, data: bytes) -> None:
+        if self._tls is not None:
+            self._tls.write(data)
+            data = self._outgoing.read()
+        self.sock.sendall(data)
+
+    # --- packets and messages ----------------------------------------------------------------------------------
+    def read_message(self) -> tuple[int, bytes]:
+        """One whole message: ``(packet type, payload of all its packets joined)``."""
+        chunks, total, kind = [], 0, None
+        while True:
+            ptype, status, length, _, _, _ = HEADER.unpack(self._take(HEADER.size))
+            if length < HEADER.size or (kind is not None and ptype != kind):
+                raise ProtocolError("malformed packet header")
+            kind = ptype
+            chunk = self._take(length - HEADER.size)
+            total += len(chunk)
+            if total > MAX_MESSAGE:
+                raise ProtocolError("message too large")
+            chunks.append(chunk)
+            if status & STATUS_EOM:
+                return kind, b"".join(chunks)
+
+    def send_message(self, kind: int, payload: bytes) -> None:
+        """Send ``payload`` as packets of at most ``packet_size`` bytes, the last one flagged end of message."""
+        room = self.packet_size - HEADER.size
+        pieces = [payload[i:i + room] for i in range(0, len(payload), room)] or [b""]
+        out = bytearray()
+        for number, piece in enumerate(pieces, start=1):
+            status = STATUS_EOM if number == len(pieces) else 0
+            out += HEADER.pack(kind, status, HEADER.size + len(piece), 0, number % 256, 0) + piece
+        self._send(bytes(out))
+
+    # --- TLS -------------------------------------------------------------------------------------------------
+    def start_tls(self, context: ssl.SSLContext) -> None:
+        """Run the server side of the TLS handshake carried in PRELOGIN packets; afterwards all bytes are TLS.
+
+        Raises ``ssl.SSLError`` when the handshake fails (a client that does not trust the certificate).
+        """
+        tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush_handshake()
+                kind, payload = self.read_message()
+                if kind != PRELOGIN:
+                    raise ProtocolError(f"packet type {kind:#x} during the TLS handshake") from None
+                self._incoming.write(payload)
+        self._flush_handshake()
+        self._tls = tls
+
+    def _flush_handshake(self) -> None:
+        records = self._outgoing.read()
+        if records:
+            self.send_message(PRELOGIN, records)
+
+    def close(self) -> None:
+        """Close, with a TLS close_notify first when TLS is up (best effort: the client may be gone)."""
+        try:
+            if self._tls is not None:
+                try:
+                    self._tls.unwrap()
+                except ssl.SSLError:
+                    pass  # the client's close_notify never comes: we only owe ours
+                self.sock.sendall(self._outgoing.read())
+        except OSError:
+            pass  # the client is already gone
+        finally:
+            self.sock.close()
+
+
+# --- PRELOGIN -------------------------------------------------------------------------------------------------
+def parse_prelogin(payload: bytes) -> dict[int, bytes]:
+    """Option token -> option data."""
+    options, pos = {}, 0
+    while pos < len(payload) and payload[pos] != PL_TERMINATOR:
+        token, offset, length = struct.unpack_from(">BHH", payload, pos)
+        if offset + length > len(payload):
+            raise ProtocolError("PRELOGIN option out of bounds")
+        options[token] = payload[offset:offset + length]
+        pos += 5
+    return options
+
+
+def build_prelogin(options: list[tuple[int, bytes]]) -> bytes:
+    """PRELOGIN payload from ``[(token, data), ...]`` in the order given."""
+    offset = 5 * len(options) + 1
+    table, data = bytearray(), bytearray()
+    for token, value in options:
+        table += struct.pack(">BHH", token, offset + len(data), len(value))
+        data += value
+    return bytes(table) + bytes([PL_TERMINATOR]) + bytes(data)
+
+
+# --- LOGIN7 ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class FedAuth:
+    """A FEDAUTH feature extension: ``library`` (1 = security token), ``echo`` of FEDAUTHREQUIRED, raw token."""
+
+    library: int
+    echo: bool
+    token: bytes
+    nonce: bytes
+
+
+@dataclasses.dataclass
+class Login7:
+    tds_version: int
+    packet_size: int
+    client_pid: int
+    hostname: str
+    username: str
+    password: str
+    app_name: str
+    server_name: str
+    library: str
+    language: str
+    database: str
+    features: dict[int, bytes]
+    fedauth: FedAuth | None
+
+
+def deobfuscate_password(data: bytes) -> str:
+    """Undo LOGIN7's password obfuscation (each byte: XOR 0xA5, then swap its nibbles) and decode UTF-16LE."""
+    clear = bytes((((b ^ 0xA5) << 4) & 0xF0) | ((b ^ 0xA5) >> 4) for b in data)
+    return clear.decode("utf-16-le", errors="replace")
+
+
+def obfuscate_password(password: str) -> bytes:
+    """The client's side of :func:`deobfuscate_password` (for tests)."""
+    return bytes((((b << 4) & 0xF0) | (b >> 4)) ^ 0xA5 for b in password.encode("utf-16-le"))
+
+
+def parse_login7(payload: bytes) -> Login7:
+    """Read a LOGIN7 message; raises :class:`ProtocolError` on anything out of bounds."""
+    if len(payload) < 94:
+        raise ProtocolError("LOGIN7 too short")
+    _, tds_version, packet_size, _, client_pid, _ = struct.unpack_from("<IIIIII", payload, 0)
+    option_flags3 = payload[27]
+
+    def text(at: int, obfuscated: bool = False) -> str:
+        offset, chars = struct.unpack_from("<HH", payload, at)
+        raw = payload[offset:offset + 2 * chars]
+        if len(raw) != 2 * chars:
+            raise ProtocolError("LOGIN7 field out of bounds")
+        return deobfuscate_password(raw) if obfuscated else raw.decode("utf-16-le", errors="replace")
+
+    features: dict[int, bytes] = {}
+    if option_flags3 & 0x10:  # fExtension: ibExtension points at a DWORD holding the block's offset
+        offset, length = struct.unpack_from("<HH", payload, 56)
+        if length >= 4 and offset + 4 <= len(payload):
+            features = _parse_features(payload, struct.unpack_from("<I", payload, offset)[0])
+    return Login7(tds_version=tds_version, packet_size=packet_size, client_pid=client_pid,
+                  hostname=text(36), username=text(40), password=text(44, obfuscated=True), app_name=text(48),
+                  server_name=text(52), library=text(60), language=text(64), database=text(68),
+                  features=features, fedauth=_parse_fedauth(features.get(FEATURE_FEDAUTH)))
+
+
+def _parse_features(payload: bytes, pos: int) -> dict[int, bytes]:
+    features = {}
+    while pos < len(payload) and payload[pos] != FEATURE_TERMINATOR:
+        if pos + 5 > len(payload):
+            raise ProtocolError("feature extension out of bounds")
+        feature, length = struct.unpack_from("<BI", payload, pos)
+        features[feature] = payload[pos + 5:pos + 5 + length]
+        pos += 5 + length
+    return features
+
+
+def _parse_fedauth(data: bytes | None) -> FedAuth | None:
+    if data is None:
+        return None
+    if not data:
+        raise ProtocolError("empty FEDAUTH feature")
+    library, echo = data[0] >> 1, bool(data[0] & 1)
+    if library != FEDAUTH_LIBRARY_SECURITYTOKEN:
+        return FedAuth(library, echo, b"", b"")
+    if len(data) < 5:
+        raise ProtocolError("FEDAUTH token length missing")
+    length = struct.unpack_from("<I", data, 1)[0]
+    if 5 + length > len(data):
+        raise ProtocolError("FEDAUTH token out of bounds")
+    return FedAuth(library, echo, data[5:5 + length], data[5 + length:5 + length + 32])
+
+
+# --- requests after login -------------------------------------------------------------------------------------
+def _skip_all_headers(payload: bytes) -> int:
+    """Offset just past ALL_HEADERS (its first DWORD is its own total length)."""
+    if len(payload) < 4:
+        raise ProtocolError("ALL_HEADERS missing")
+    total = struct.unpack_from("<I", payload, 0)[0]
+    if total < 4 or total > len(payload):
+        raise ProtocolError("ALL_HEADERS out of bounds")
+    return total
+
+
+def batch_text(payload: bytes) -> str:
+    """The T-SQL of a SQL batch message."""
+    return payload[_skip_all_headers(payload):].decode("utf-16-le", errors="replace")
+
+
+def rpc_name(payload: bytes) -> str | int:
+    """The procedure an RPC request calls: its name, or its well-known ProcID (13 = sp_prepexec, ...)."""
+    pos = _skip_all_headers(payload)
+    length = struct.unpack_from("<H", payload, pos)[0]
+    if length == 0xFFFF:
+        return struct.unpack_from("<H", payload, pos + 2)[0]
+    return payload[pos + 2:pos + 2 + 2 * length].decode("utf-16-le", errors="replace")
+
+
+def transaction_request(payload: bytes) -> tuple[int, bool]:
+    """``(request type, begin a new transaction afterwards)`` of a transaction-manager request.
+
+    A commit or rollback carries a transaction name (B_VARCHAR) then a flags byte whose bit 0 is fBeginXact.
+    """
+    pos = _skip_all_headers(payload)
+    request = struct.unpack_from("<H", payload, pos)[0]
+    begin_after = False
+    if request in (TM_COMMIT_XACT, TM_ROLLBACK_XACT) and pos + 3 <= len(payload):
+        flags_at = pos + 3 + 2 * payload[pos + 2]
+        begin_after = flags_at < len(payload) and bool(payload[flags_at] & 0x01)
+    return request, begin_after
+
+
+# --- token writers (2.2.7) --------------------------------------------------------------------------------------
+def b_varchar(value: str) -> bytes:
+    return bytes([len(value)]) + value.encode("utf-16-le")
+
+
+def us_varchar(value: str) -> bytes:
+    return struct.pack("<H", len(value)) + value.encode("utf-16-le")
+
+
+def _with_length(token: int, body: bytes) -> bytes:
+    return bytes([token]) + struct.pack("<H", len(body)) + body
+
+
+def envchange(kind: int, new: str | bytes, old: str | bytes = b"") -> bytes:
+    """ENVCHANGE: text values (database, language, packet size) as B_VARCHAR, binary ones as B_VARBYTE."""
+    def value(v: str | bytes) -> bytes:
+        return b_varchar(v) if isinstance(v, str) else bytes([len(v)]) + v
+    return _with_length(0xE3, bytes([kind]) + value(new) + value(old))
+
+
+ENV_DATABASE, ENV_LANGUAGE, ENV_PACKET_SIZE, ENV_COLLATION = 1, 2, 4, 7
+ENV_BEGIN_TRAN, ENV_COMMIT_TRAN, ENV_ROLLBACK_TRAN = 8, 9, 10
+
+
+def message(number: int, text: str, server: str, *, state: int = 1, severity: int = 16, line: int = 1,
+            info: bool = False) -> bytes:
+    """ERROR (0xAA), or INFO (0xAB) with ``info=True``: severity is the SQL Server "class"."""
+    body = (struct.pack("<iBB", number, state, severity) + us_varchar(text) + b_varchar(server) + b_varchar("")
+            + struct.pack("<i", line))
+    return _with_length(0xAB if info else 0xAA, body)
+
+
+def loginack(program: str, version: tuple[int, int, int]) -> bytes:
+    """LOGINACK: SQL interface, TDS 7.4 (big-endian on the wire), program name and version (major, minor, build)."""
+    major, minor, build = version
+    body = bytes([1]) + struct.pack(">I", TDS_74) + b_varchar(program) + struct.pack(">BBH", major, minor, build)
+    return _with_length(0xAD, body)
+
+
+def featureextack(features: dict[int, bytes]) -> bytes:
+    return b"\xae" + b"".join(struct.pack("<BI", f, len(d)) + d for f, d in features.items()) + b"\xff"
+
+
+def done(status: int = DONE_FINAL, rows: int = 0, curcmd: int = CURCMD_SELECT, token: int = 0xFD) -> bytes:
+    """DONE (0xFD); DONEPROC is ``token=0xFE``, DONEINPROC ``0xFF``."""
+    return struct.pack("<BHHQ", token, status, curcmd, rows)
+
+
+def returnstatus(value: int = 0) -> bytes:
+    return struct.pack("<Bi", 0x79, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A result column: ``kind`` is ``nvarchar`` (``size`` in characters), ``int``, ``varbinary`` (bytes) or ``bit``."""
+
+    name: str
+    kind: str
+    size: int = 0
+
+
+def nvarchar(name: str, size: int = 128) -> Column:
+    return Column(name, "nvarchar", size)
+
+
+def result_set(columns: list[Column], rows: list[tuple]) -> bytes:
+    """COLMETADATA then one ROW per tuple (``None`` is NULL); follow it with :func:`done` and the row count."""
+    meta = bytearray(b"\x81" + struct.pack("<H", len(columns)))
+    for column in columns:
+        meta += struct.pack("<IH", 0, 0x0001)  # UserType, Flags: nullable
+        meta += _type_info(column) + b_varchar(column.name)
+    out = bytearray(meta)
+    for row in rows:
+        if len(row) != len(columns):
+            raise ValueError("row width does not match the columns")
+        out += b"\xd1" + b"".join(_value(column, value) for column, value in zip(columns, row))
+    return bytes(out)
+
+
+def _type_info(column: Column) -> bytes:
+    if column.kind == "nvarchar":
+        return b"\xe7" + struct.pack("<H", 2 * column.size) + COLLATION
+    if column.kind == "int":
+        return b"\x26\x04"
+    if column.kind == "varbinary":
+        return b"\xa5" + struct.pack("<H", column.size)
+    if column.kind == "bit":
+        return b"\x68\x01"
+    raise ValueError(f"column type {column.kind} is not emulated")
+
+
+def _value(column: Column, value) -> bytes:
+    if column.kind == "nvarchar":
+        if value is None:
+            return b"\xff\xff"
+        data = str(value).encode("utf-16-le")
+        return struct.pack("<H", len(data)) + data
+    if column.kind == "varbinary":
+        return b"\xff\xff" if value is None else struct.pack("<H", len(value)) + bytes(value)
+    if column.kind == "int":
+        return b"\x00" if value is None else b"\x04" + struct.pack("<i", value)
+    return b"\x00" if value is None else b"\x01" + bytes([1 if value else 0])
+
+
+def sid_of(guid: str) -> bytes:
+    """SQL Server's uniqueidentifier bytes of a GUID (first three groups little-endian): an Entra user's SID."""
+    return uuid.UUID(guid).bytes_le
