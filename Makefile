@@ -29,12 +29,13 @@ $(COLLECTION_LINK):
 	mkdir -p $(dir $@)
 	ln -sfn $(CURDIR) $@
 
-# The lab runs Debian's PostgreSQL 15 server; install it when it is missing (as root, the only user this targets).
-PG_SERVER := /usr/lib/postgresql/15/bin/postgres
+# From Debian: the lab's real PostgreSQL 15 server, and unixODBC for pyodbc (the Microsoft ODBC Driver 18 itself
+# comes from the mssql-python-odbc wheel). Installed when missing, as root, the only user this targets.
+DEBIAN_PACKAGES := postgresql-15 unixodbc
 system-packages:
-	@test -x $(PG_SERVER) || { test "$$(id -u)" = 0 && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; } || \
-	  { echo "PostgreSQL 15 is needed: apt-get install -y postgresql-15" >&2; exit 1; }
+	@dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { test "$$(id -u)" = 0 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; } || \
+	  { echo "needed: apt-get install -y $(DEBIAN_PACKAGES)" >&2; exit 1; }
 
 lab-up: venv system-packages
 	$(LAB) up
@@ -45,7 +46,7 @@ lab-reset: venv system-packages
 lab-status: venv
 	$(LAB) status
 
-unit: venv
+unit: venv system-packages
 	$(PYTEST) -q tests/unit
 
 sanity: venv

@@ -126,6 +126,9 @@ def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> s
         "AZURE_TENANT_ID": info["tenant_id"],
         "AZURE_SUBSCRIPTION_ID": info["subscription_id"],
         "VAULT_ADDR": info["vault_addr"],
+        # So that inventories/lab (and a new shell) follow this lab, not the default one.
+        "LAB_STATE_DIR": str(paths.root),
+        "LAB_PORT_BASE": str(ports.entra - 1),
     }
     lines = ["# Written by `python -m azurelab up`: the lab seen from its control node (vm-control)."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
@@ -137,6 +140,12 @@ def up() -> int:
     if server_pid(paths):
         print(f"lab already running (server pid {server_pid(paths)}, state {paths.root})")
         return 0
+    busy = [f"{name} {port}" for name, port in {**_service_ports(ports), "openbao": ports.openbao}.items()
+            if port_open(port)]
+    if busy:
+        print(f"lab ports already in use by something else ({', '.join(busy)}): another lab? Stop it, or start this "
+              f"one elsewhere with LAB_PORT_BASE=<base> (ports base+1 .. base+6)", file=sys.stderr)
+        return 1
     started = time.monotonic()
     ca.ensure(paths)
     ensure_secrets(paths, topology)

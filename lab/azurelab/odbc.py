@@ -4,7 +4,8 @@ Microsoft ODBC Driver 18 is not a Debian package; the PyPI wheel ``mssql-python-
 ``libmsodbcsql-18.*.so`` (with its ``share/resources`` message file beside it). pyodbc goes through Debian's
 unixODBC driver manager (``apt-get install unixodbc``), which finds drivers by name in ``odbcinst.ini``. Rather
 than touch ``/etc/odbcinst.ini``, the lab writes its own under the state folder; clients use it through
-``ODBCSYSINI`` / ``ODBCINSTINI``. unixODBC reads those once per process, so set them before the first connect.
+``ODBCSYSINI`` / ``ODBCINSTINI``. unixODBC reads them once per process, at its first use (``pyodbc.connect``,
+``pyodbc.drivers()``; importing pyodbc is fine): set them before that, or pass the library path as ``DRIVER=``.
 
 Not handled: the wheel's musl (Alpine) and ARM64 builds are found by the same search but were never tried here.
 """
@@ -29,7 +30,8 @@ def driver_library() -> pathlib.Path:
         raise RuntimeError("the ODBC driver comes from the PyPI wheel: pip install mssql-python-odbc") from None
     libs = pathlib.Path(mssql_python_odbc.get_libs_dir()) / "linux"
     distro = _distro_dir()
-    found = sorted(libs.glob(f"{distro}/*/lib/libmsodbcsql-18*.so*")) or sorted(libs.glob("*/*/lib/libmsodbcsql-18*.so*"))
+    pattern = "*/lib/libmsodbcsql-18*.so*"
+    found = sorted(libs.glob(f"{distro}/{pattern}")) or sorted(libs.glob(f"*/{pattern}"))
     if not found:
         raise RuntimeError(f"no libmsodbcsql-18 below {libs} (is this a Linux build of mssql-python-odbc?)")
     return found[0]

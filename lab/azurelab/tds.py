@@ -14,7 +14,9 @@ What is here, with the MS-TDS section each part follows (the wire facts are in .
 - Token writers (2.2.7): LOGINACK, ENVCHANGE, INFO, ERROR, FEATUREEXTACK, DONE/DONEPROC/DONEINPROC,
   RETURNSTATUS, and COLMETADATA + ROW for NVARCHAR, INT, VARBINARY and BIT columns (all nullable).
 
-Not emulated: TDS 8.0 (``Encrypt=strict``, TLS before PRELOGIN), login-only encryption (the double always
+TDS 8.0 (``Encrypt=strict``: TLS first, ALPN ``tds/8.0``, then PRELOGIN inside it) uses the same channel.
+
+Not emulated: login-only encryption (the double always
 encrypts the whole session, as Azure SQL does), MARS / SMP, the ADAL/MSAL FEDAUTH workflows (FEDAUTHINFO, the
 driver fetching its own token), SSPI, session recovery, NBCROW, PLP (``(max)``) and every other data type, RPC
 parameters, column encryption, data classification.
@@ -119,7 +121,7 @@ class Channel:
         """One whole message: ``(packet type, payload of all its packets joined)``."""
         chunks, total, kind = [], 0, None
         while True:
-            ptype, status, length, _, _, _ = HEADER.unpack(self._take(HEADER.size))
+            ptype, status, length, _spid, _packet_id, _window = HEADER.unpack(self._take(HEADER.size))
             if length < HEADER.size or (kind is not None and ptype != kind):
                 raise ProtocolError("malformed packet header")
             kind = ptype
@@ -142,10 +144,12 @@ class Channel:
         self._send(bytes(out))
 
     # --- TLS -------------------------------------------------------------------------------------------------
-    def start_tls(self, context: ssl.SSLContext) -> None:
-        """Run the server side of the TLS handshake carried in PRELOGIN packets; afterwards all bytes are TLS.
+    def start_tls(self, context: ssl.SSLContext, in_prelogin: bool = True) -> None:
+        """Run the server side of the TLS handshake; afterwards every byte both ways is TLS.
 
-        Raises ``ssl.SSLError`` when the handshake fails (a client that does not trust the certificate).
+        ``in_prelogin``: the handshake records travel as PRELOGIN packet payloads (TDS 7.x); otherwise they are
+        the first bytes on the socket (TDS 8.0, ``Encrypt=strict``). Raises ``ssl.SSLError`` when the handshake
+        fails (a client that does not trust the certificate).
         """
         tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         while True:
@@ -153,18 +157,27 @@ class Channel:
                 tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                self._flush_handshake()
-                kind, payload = self.read_message()
-                if kind != PRELOGIN:
-                    raise ProtocolError(f"packet type {kind:#x} during the TLS handshake") from None
-                self._incoming.write(payload)
-        self._flush_handshake()
+                self._flush_handshake(in_prelogin)
+                self._incoming.write(self._handshake_records() if in_prelogin else self._recv_socket())
+        self._flush_handshake(in_prelogin)
         self._tls = tls
 
-    def _flush_handshake(self) -> None:
+    def _handshake_records(self) -> bytes:
+        kind, payload = self.read_message()
+        if kind != PRELOGIN:  # msodbcsql with TLS 1.3 sends its last flight bare (0x14): hence the 1.2 cap
+            raise ProtocolError(f"packet type {kind:#x} during the TLS handshake")
+        return payload
+
+    def _flush_handshake(self, in_prelogin: bool) -> None:
         records = self._outgoing.read()
-        if records:
+        if records and in_prelogin:
             self.send_message(PRELOGIN, records)
+        elif records:
+            self.sock.sendall(records)
+
+    def starts_with_tls(self) -> bool:
+        """Whether the client opened with a TLS handshake record (TDS 8.0) rather than a PRELOGIN packet."""
+        return self.sock.recv(1, socket.MSG_PEEK) == b"\x16"
 
     def close(self) -> None:
         """Close, with a TLS close_notify first when TLS is up (best effort: the client may be gone)."""
@@ -247,7 +260,8 @@ def parse_login7(payload: bytes) -> Login7:
     """Read a LOGIN7 message; raises :class:`ProtocolError` on anything out of bounds."""
     if len(payload) < 94:
         raise ProtocolError("LOGIN7 too short")
-    _, tds_version, packet_size, _, client_pid, _ = struct.unpack_from("<IIIIII", payload, 0)
+    fixed = struct.unpack_from("<IIIIII", payload, 0)
+    _length, tds_version, packet_size, _client_version, client_pid, _connection_id = fixed
     option_flags3 = payload[27]
 
     def text(at: int, obfuscated: bool = False) -> str:

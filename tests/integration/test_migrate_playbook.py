@@ -140,3 +140,24 @@ def test_the_demo_app_runs_as_its_identity_from_its_vm(lab, app):
     assert result["ok"] and result["connected_as"] == APPS[app] and result["mode"] == "identity"
     config = json.loads((lab.state / "apps" / f"{app}.json").read_text())
     assert "secret_id_file" not in config and "role_id" not in config
+
+
+def test_an_application_that_fails_is_reported_and_keeps_its_server_out_of_cutover(lab, tmp_path):
+    import shutil
+
+    import yaml
+
+    inventory = tmp_path / "lab"
+    shutil.copytree(REPO / "inventories" / "lab", inventory)
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+    reports = hosts["all"]["children"]["applications"]["hosts"]["reports"]
+    reports["mi_databases"][0]["grants"][1]["schema"] = "analytics"  # an operator's typo
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    run = lab.playbook("playbooks/migrate.yml", inventory=str(inventory))
+    assert run.returncode != 0
+    assert "grants[1].schema: schema 'analytics' does not exist in database appdb" in run.stdout
+    assert recap(run.stdout)["reports"]["failed"] == 1
+    report = {app["application"]: app for app in
+              json.loads((lab.state / "reports" / "migration-report.json").read_text())}
+    assert report["reports"]["failed"] is True and "orders-api" in report
+    assert "reports: FAILED" in (lab.state / "reports" / "migration-report.txt").read_text()
