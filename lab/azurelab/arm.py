@@ -14,6 +14,12 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   ``retry-after-ms``, then the SDK's final GET) of ``properties.authConfig`` and ``tags``.
 * ``flexibleServers/{s}/administrators/{objectId}``: PUT (202), GET (``name`` is the ``principalName``),
   list, DELETE (202, or 204 when absent). The real PostgreSQL follows through :class:`PostgresHooks`.
+* ``Microsoft.Sql/servers``: GET (``properties.administrators`` shows the Entra admin and the Entra-only flag), list.
+* ``servers/{s}/administrators/ActiveDirectory``: PUT (202 + ``Azure-AsyncOperation``, then the SDK's final GET),
+  GET (404 when there is none), DELETE (202, or 204 when absent; 400 ``InvalidServerAzureADAdminDeleteOperation``
+  while Entra-only authentication is on). One admin per server; ``principalType`` comes from the lab directory.
+* ``servers/{s}/azureADOnlyAuthentications/Default``: PUT (202 as above; ``true`` without an admin is 400
+  ``InvalidServerAADOnlyAuthNoAADAdminPropertyName``), GET.
 * ``/subscriptions/{s}/providers/{ns}/locations/{l}/azureAsyncOperation|operationResults/{id}``: operation status.
 
 Every request needs a lab bearer token for the ``resource_manager`` audience (401 ``InvalidAuthenticationToken``)
@@ -25,11 +31,13 @@ Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /la
 
 Not emulated: Azure RBAC (any valid token may do anything), locks, policy, tags-only PATCH of identities,
 federated credentials, PUT of VMs or servers (only the seeded ones exist), any VM/server property other than
-``identity``/``tags``/``authConfig``, system-assigned identities beyond the ``type`` flag (no principal, no token),
-the resource actually being "Updating" while its operation runs (the change is applied at once; the operation
-reports ``InProgress`` for ~100 ms so clients really poll), rate limiting (the ``x-ms-ratelimit-remaining-*``
-headers count down from ARM's hourly budgets but never reach 429 on their own: inject faults instead).
-The PostgreSQL validation errors (``InvalidAuthConfig``, ``EntraAuthDisabled``) use lab codes: the real ones are not
+``identity``/``tags``/``authConfig`` (SQL: other than the Entra admin and Entra-only flag; no server PUT/PATCH, no
+list of ``administrators`` or ``azureADOnlyAuthentications``, no managed instances), system-assigned identities
+beyond the ``type`` flag (no principal, no token), the resource actually being "Updating" while its operation runs
+(the change is applied at once; the operation reports ``InProgress`` for ~100 ms so clients really poll), rate
+limiting (the ``x-ms-ratelimit-remaining-*`` headers count down from ARM's hourly budgets but never reach 429 on their own: inject faults instead).
+The PostgreSQL validation errors (``InvalidAuthConfig``, ``EntraAuthDisabled``) and the SQL request checks
+(``InvalidParameterValue``: admin without ``login``/``sid``, non-GUID ``sid``) use lab codes: the real ones are not
 documented; their messages say what Azure requires.
 """
 from __future__ import annotations
@@ -59,6 +67,9 @@ MI = "Microsoft.ManagedIdentity/userAssignedIdentities"
 VM = "Microsoft.Compute/virtualMachines"
 PG = "Microsoft.DBforPostgreSQL/flexibleServers"
 PG_ADMIN = PG + "/administrators"
+SQL = "Microsoft.Sql/servers"
+SQL_ADMIN = SQL + "/administrators"
+SQL_AAD_ONLY = SQL + "/azureADOnlyAuthentications"
 RG = "Microsoft.Resources/resourceGroups"
 
 
@@ -153,6 +164,15 @@ class ArmState:
                     "highAvailability": {"mode": "Disabled"},
                     "authConfig": {"activeDirectoryAuth": "Disabled", "passwordAuth": "Enabled",
                                    "tenantId": self.tenant_id}}})
+        for server in topo.get("sql_servers", []):
+            # No Entra admin: ``properties.administrators`` is absent (so Entra-only authentication is off).
+            self._store({
+                "id": self._id(server["resource_group"], SQL, server["name"]), "name": server["name"], "type": SQL,
+                "location": location, "kind": "v12.0", "tags": {},
+                "properties": {
+                    "administratorLogin": server["administrator_login"], "version": "12.0", "state": "Ready",
+                    "fullyQualifiedDomainName": server.get("fully_qualified_domain_name", "localhost"),
+                    "publicNetworkAccess": "Enabled", "minimalTlsVersion": "1.2"}})
 
     def _save(self) -> None:
         tmp = self.paths.arm_state.with_suffix(".tmp")
@@ -208,6 +228,15 @@ class ArmState:
             if server is None:
                 raise KeyError(server_name)
             return dict(server["properties"]["authConfig"])
+
+    def sql_entra_admin(self, server_name: str) -> dict | None:
+        """The SQL server's ``properties.administrators`` (``login``, ``sid``, ``tenantId``, ``principalType``,
+        ``azureADOnlyAuthentication``...), ``None`` when it has no Entra admin; ``KeyError`` for an unknown server."""
+        with self._lock:
+            server = self._by_name(SQL, server_name)
+            if server is None:
+                raise KeyError(server_name)
+            return copy.deepcopy(server["properties"].get("administrators"))
 
     def vm_user_assigned_identities(self, vm_name: str) -> dict | None:
         """The VM's ``identity.userAssignedIdentities`` (resource id -> ``{principalId, clientId}``), ``{}`` when
@@ -299,13 +328,14 @@ class ArmState:
 
     # ----- long-running operations -----
 
-    def _operation(self, base_url: str, api_version: str, error: ArmError | None = None) -> dict[str, str]:
-        """Record an operation and return the headers of its 202 answer (only PostgreSQL has 202s here)."""
+    def _operation(self, base_url: str, api_version: str, error: ArmError | None = None,
+                   provider: str = "Microsoft.DBforPostgreSQL") -> dict[str, str]:
+        """Record an operation and return the headers of its 202 answer (PostgreSQL and SQL have 202s here)."""
         op_id = str(uuid.uuid4())
         self._operations[op_id] = {"name": op_id, "status": "InProgress", "startTime": _utcnow(),
                                    "done_at": time.monotonic() + OPERATION_S,
                                    "error": error.body()["error"] if error else None}
-        prefix = (f"{base_url}/subscriptions/{self.subscription_id}/providers/Microsoft.DBforPostgreSQL/locations/"
+        prefix = (f"{base_url}/subscriptions/{self.subscription_id}/providers/{provider}/locations/"
                   f"{self.topology['location']}")
         return {"Azure-AsyncOperation": f"{prefix}/azureAsyncOperation/{op_id}?api-version={api_version}",
                 "Location": f"{prefix}/operationResults/{op_id}?api-version={api_version}",
@@ -561,6 +591,92 @@ class ArmState:
                 self._save()
             return self._operation(base_url, api_version, error)
 
+    # ----- Azure SQL servers: the Entra admin and Entra-only authentication -----
+
+    def _sql_admin_body(self, server: dict) -> dict | None:
+        admins = server["properties"].get("administrators")
+        if not admins:
+            return None
+        return {"id": f"{server['id']}/administrators/ActiveDirectory", "name": "ActiveDirectory", "type": SQL_ADMIN,
+                "properties": {k: admins[k] for k in ("administratorType", "login", "sid", "tenantId",
+                                                      "azureADOnlyAuthentication")}}
+
+    def sql_admin_get(self, rg: str, server_name: str) -> dict:
+        with self._lock:
+            server = self._require(rg, SQL, server_name)
+            admin = self._sql_admin_body(server)
+            if admin is None:
+                raise _not_found(SQL_ADMIN, f"{server['name']}/ActiveDirectory", rg)
+            return admin
+
+    def sql_admin_put(self, rg: str, server_name: str, body: dict, base_url: str, api_version: str) -> dict[str, str]:
+        """Set (or replace: one per server) the Entra admin; return the 202's headers."""
+        props = body.get("properties") or {}
+        kind, login, sid = props.get("administratorType", "ActiveDirectory"), props.get("login"), props.get("sid")
+        if kind != "ActiveDirectory":
+            raise ArmError(400, "InvalidParameterValue",
+                           f"Invalid value '{kind}' for 'administratorType': the only value is ActiveDirectory.")
+        if not login or not sid:
+            raise ArmError(400, "InvalidParameterValue", "The 'login' and 'sid' properties are required.")
+        try:
+            sid = str(uuid.UUID(str(sid)))
+        except ValueError:
+            raise ArmError(400, "InvalidParameterValue", f"The 'sid' '{sid}' is not a valid GUID.") from None
+        with self._lock:
+            server = copy.deepcopy(self._require(rg, SQL, server_name))
+            entry = self.directory.by_object_id(sid) or {}
+            principal_type = {"User": "User", "Group": "Group"}.get(entry.get("type"), "Application")
+            only = bool((server["properties"].get("administrators") or {}).get("azureADOnlyAuthentication"))
+            server["properties"]["administrators"] = {
+                "administratorType": "ActiveDirectory", "principalType": principal_type, "login": login, "sid": sid,
+                "tenantId": props.get("tenantId") or self.tenant_id, "azureADOnlyAuthentication": only}
+            self._store(server)
+            self._save()
+            return self._operation(base_url, api_version, provider="Microsoft.Sql")
+
+    def sql_admin_delete(self, rg: str, server_name: str, base_url: str, api_version: str) -> dict[str, str] | None:
+        """The 202's headers, or ``None`` (204) when the server had no Entra admin."""
+        with self._lock:
+            server = copy.deepcopy(self._require(rg, SQL, server_name))
+            admins = server["properties"].get("administrators")
+            if not admins:
+                return None
+            if admins.get("azureADOnlyAuthentication"):
+                raise ArmError(400, "InvalidServerAzureADAdminDeleteOperation",
+                               f"Azure Active Directory Administrator cannot be deleted when Azure Active Directory "
+                               f"Only Authentication is enabled for server '{server['name']}'.")
+            del server["properties"]["administrators"]
+            self._store(server)
+            self._save()
+            return self._operation(base_url, api_version, provider="Microsoft.Sql")
+
+    def sql_aad_only_get(self, rg: str, server_name: str) -> dict:
+        with self._lock:
+            server = self._require(rg, SQL, server_name)
+            only = bool((server["properties"].get("administrators") or {}).get("azureADOnlyAuthentication"))
+            return {"id": f"{server['id']}/azureADOnlyAuthentications/Default", "name": "Default",
+                    "type": SQL_AAD_ONLY, "properties": {"azureADOnlyAuthentication": only}}
+
+    def sql_aad_only_put(self, rg: str, server_name: str, body: dict, base_url: str,
+                         api_version: str) -> dict[str, str]:
+        only = (body.get("properties") or {}).get("azureADOnlyAuthentication")
+        if not isinstance(only, bool):
+            raise ArmError(400, "InvalidParameterValue",
+                           "The 'azureADOnlyAuthentication' property is required and must be true or false.")
+        with self._lock:
+            server = copy.deepcopy(self._require(rg, SQL, server_name))
+            admins = server["properties"].get("administrators")
+            if not admins:
+                if only:
+                    raise ArmError(400, "InvalidServerAADOnlyAuthNoAADAdminPropertyName",
+                                   f"Azure Active Directory Only Authentication cannot be enabled on server "
+                                   f"'{server['name']}' without an Azure Active Directory admin: set one first.")
+            else:
+                admins["azureADOnlyAuthentication"] = only
+                self._store(server)
+                self._save()
+            return self._operation(base_url, api_version, provider="Microsoft.Sql")
+
     def list_in_rg(self, rg: str, type_: str) -> list[dict]:
         with self._lock:
             self._require_rg(rg)
@@ -660,7 +776,7 @@ class ArmHandler(JsonHandler):
             return self.resource_group(state, method, rg, body)
         if len(seg) < 7 or seg[4] != "providers":
             raise self.unsupported()
-        type_ = {t.lower(): t for t in (MI, VM, PG)}.get(f"{seg[5]}/{seg[6]}")
+        type_ = {t.lower(): t for t in (MI, VM, PG, SQL)}.get(f"{seg[5]}/{seg[6]}")
         if type_ is None:
             raise self.unsupported()
         if len(seg) == 7:
@@ -672,6 +788,9 @@ class ArmHandler(JsonHandler):
             return self.resource(state, method, rg, type_, name, body, base_url, api)
         if type_ == PG and seg[8] == "administrators" and len(seg) in (9, 10):
             return self.pg_admin(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url, api)
+        sql_children = (["administrators", "activedirectory"], ["azureadonlyauthentications", "default"])
+        if type_ == SQL and len(seg) == 10 and seg[8:] in sql_children:
+            return self.sql_child(state, method, rg, name, seg[8], body, base_url, api)
         raise self.unsupported()
 
     def unsupported(self) -> ArmError:
@@ -730,6 +849,22 @@ class ArmHandler(JsonHandler):
         elif method == "DELETE":
             headers = state.pg_admin_delete(rg, server, object_id, base_url, api)
             return (204, None, {}) if headers is None else (202, None, headers)
+        raise self.unsupported()
+
+    def sql_child(self, state: ArmState, method: str, rg: str, server: str, child: str, body: dict, base_url: str,
+                  api: str):
+        if child == "administrators":
+            if method == "GET":
+                return 200, state.sql_admin_get(rg, server), {}
+            if method == "PUT":
+                return 202, None, state.sql_admin_put(rg, server, body, base_url, api)
+            if method == "DELETE":
+                headers = state.sql_admin_delete(rg, server, base_url, api)
+                return (204, None, {}) if headers is None else (202, None, headers)
+        elif method == "GET":
+            return 200, state.sql_aad_only_get(rg, server), {}
+        elif method == "PUT":
+            return 202, None, state.sql_aad_only_put(rg, server, body, base_url, api)
         raise self.unsupported()
 
     def lab_api(self, state: ArmState, body: bytes) -> tuple[int, dict | None]:

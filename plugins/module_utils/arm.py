@@ -22,6 +22,7 @@ _CLIENTS = {
     "msi": ("azure.mgmt.msi", "ManagedServiceIdentityClient"),
     "compute": ("azure.mgmt.compute", "ComputeManagementClient"),
     "postgres": ("azure.mgmt.postgresqlflexibleservers", "PostgreSQLManagementClient"),
+    "sql": ("azure.mgmt.sql", "SqlManagementClient"),
 }
 
 _RESOURCE_ID = re.compile(
@@ -32,7 +33,8 @@ _RESOURCE_ID = re.compile(
 class ArmClients:
     """Lazily built management clients for one credential, cloud and subscription.
 
-    ``clients.msi``, ``clients.compute``, ``clients.postgres``: each is created on first use and reused.
+    ``clients.msi``, ``clients.compute``, ``clients.postgres``, ``clients.sql``: each is created on first use and
+    reused.
     """
 
     def __init__(self, credential, cloud, subscription_id):

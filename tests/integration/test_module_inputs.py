@@ -305,3 +305,46 @@ def test_purging_every_entra_administrator_is_refused(entra_lab):
 def test_tag_values_must_be_strings(lab, tags):
     result = call(lab, "azure_mi", name="mi-tags", resource_group="rg-lab-apps", location="eastus2", tags=tags)
     assert result["failed"] and "tags.owner" in result["msg"]
+
+
+SQL_ADMINS = {"login": "sql-admins", "sid": "9c2d4e6f-1a3b-4c5d-8e7f-6a5b4c3d2e1f"}
+
+
+def test_sql_entra_admin_and_entra_only_life_cycle(lab):
+    server = dict(name="sql-lab", resource_group="rg-lab-data")
+    writes = lab.arm_counters()["writes"]
+    refused = call(lab, "sql_server_entra", **server, azure_ad_only_authentication=True)
+    assert refused["failed"] and "needs an Entra administrator" in refused["msg"]
+    planned = call(lab, "sql_server_entra", check=True, **server, administrator=SQL_ADMINS,
+                   azure_ad_only_authentication=True)
+    assert planned["changed"] and len(planned["operations"]) == 2 and lab.arm_counters()["writes"] == writes
+    applied = call(lab, "sql_server_entra", **server, administrator=SQL_ADMINS, azure_ad_only_authentication=True)
+    assert applied["changed"] and applied["azure_ad_only_authentication"] is True, applied
+    assert applied["administrator"]["sid"] == SQL_ADMINS["sid"]
+    writes = lab.arm_counters()["writes"]
+    again = call(lab, "sql_server_entra", **server, administrator=dict(SQL_ADMINS, sid=SQL_ADMINS["sid"].upper()),
+                 azure_ad_only_authentication=True)
+    assert not again["changed"] and lab.arm_counters()["writes"] == writes
+    assert again["administrator"]["principal_type"] == "Group"  # as Azure reads it from the directory
+    assert call(lab, "sql_server_entra", **server, azure_ad_only_authentication=False)["changed"]
+
+
+def test_a_foreign_sql_admin_is_never_replaced_silently(lab):
+    server = dict(name="sql-lab-2", resource_group="rg-lab-data")
+    dana = {"login": "dana.dba@lab.example", "sid": "5a1e7c3d-2b4f-4a6e-8d9c-0f1e2d3c4b5a"}
+    assert call(lab, "sql_server_entra", **server, administrator=dana)["changed"]
+    writes = lab.arm_counters()["writes"]
+    kept = call(lab, "sql_server_entra", **server, administrator=SQL_ADMINS)
+    assert kept["failed"] and "already has Entra administrator dana.dba@lab.example" in kept["msg"]
+    assert lab.arm_counters()["writes"] == writes
+    replaced = call(lab, "sql_server_entra", **server, administrator=SQL_ADMINS, replace_administrator=True)
+    assert replaced["changed"] and replaced["administrator"]["login"] == "sql-admins"
+
+
+@pytest.mark.parametrize("args, field", [
+    ({"name": "sql-nope"}, "sql-nope was not found"),
+    ({"administrator": {"login": "x", "sid": "not-a-guid"}}, "administrator.sid"),
+])
+def test_bad_sql_server_input(lab, args, field):
+    result = call(lab, "sql_server_entra", **dict({"name": "sql-lab", "resource_group": "rg-lab-data"}, **args))
+    assert result["failed"] and field in result["msg"]
