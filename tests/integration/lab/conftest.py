@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import ssl
 import sys
@@ -114,17 +113,13 @@ def control_plane():
     hooks = RecordingHooks()
     lab = Lab(paths, topology, ports, hooks=hooks)
     lab.start()
-    saved = {k: os.environ.get(k) for k in ("REQUESTS_CA_BUNDLE", "AZURE_POD_IDENTITY_AUTHORITY_HOST")}
-    os.environ["REQUESTS_CA_BUNDLE"] = str(paths.ca_bundle)
     try:
-        yield ControlPlane(paths, ports, topology, lab, hooks)
+        with pytest.MonkeyPatch.context() as patch:  # the environment is restored when the session ends
+            patch.setenv("REQUESTS_CA_BUNDLE", str(paths.ca_bundle))
+            patch.delenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", raising=False)
+            yield ControlPlane(paths, ports, topology, lab, hooks)
     finally:
         lab.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -8,7 +8,6 @@ certificate's DNS names, not its IP address entries. Needs Debian's ``unixodbc``
 """
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import tempfile
@@ -87,19 +86,15 @@ def sql():
     thread = threading.Thread(target=lab.serve_forever, daemon=True)
     thread.start()
     env = odbc.register_driver(paths) | {"SSL_CERT_FILE": str(paths.ca_bundle)}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    assert odbc.DRIVER_NAME in pyodbc.drivers(), "unixODBC was used in this process before ODBCSYSINI was set"
     try:
-        yield Sql(paths, issuer, lab)
+        with pytest.MonkeyPatch.context() as patch:  # the environment is restored after the module
+            for key, value in env.items():
+                patch.setenv(key, value)
+            assert odbc.DRIVER_NAME in pyodbc.drivers(), "unixODBC was used in this process before ODBCSYSINI was set"
+            yield Sql(paths, issuer, lab)
     finally:
         lab.shutdown()
         thread.join(5)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         shutil.rmtree(root, ignore_errors=True)
 
 
