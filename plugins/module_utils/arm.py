@@ -78,11 +78,6 @@ def parse_resource_id(value):
     return match.groupdict() if match else None
 
 
-def same_resource_id(left, right):
-    """ARM resource ids compare case-insensitively (``resourcegroups`` vs ``resourceGroups``, name casing)."""
-    return (left or "").rstrip("/").lower() == (right or "").rstrip("/").lower()
-
-
 def as_dict(model):
     """An SDK model (or None) as a plain dict in REST (camelCase) shape, read-only properties included.
 

@@ -18,14 +18,13 @@ __metaclass__ = type
 import os
 
 AUTH_SOURCES = ("auto", "managed_identity", "environment", "workload_identity", "cli")
-SERVICES = ("resource_manager", "sql", "postgres")
 
 
 class Cloud:
     """Endpoints of one Azure cloud.
 
-    ``resource_manager`` and ``authority_host`` are URLs; ``audiences`` maps a service name from
-    :data:`SERVICES` to the audience its tokens must carry (no ``/.default`` suffix).
+    ``resource_manager`` and ``authority_host`` are URLs; ``audiences`` maps a service name (``resource_manager``,
+    ``sql``, ``postgres``) to the audience its tokens must carry (no ``/.default`` suffix).
     """
 
     def __init__(self, name, resource_manager, authority_host, audiences):

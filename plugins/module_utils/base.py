@@ -140,6 +140,21 @@ class MIModule:
             result["remedy"] = advice
         self.module.fail_json(msg=full, **result)
 
+    def apply_steps(self, steps, target):
+        """Run ``steps`` - ``(label, call)`` pairs, writes in the order given - unless in check mode.
+
+        Returns the labels (the ``operations`` a module reports). A failing step fails the module with its label and
+        the steps applied before it, so a partial change is never silent.
+        """
+        if not self.check_mode:
+            for done, (label, call) in enumerate(steps):
+                try:
+                    call()
+                except Exception as exc:  # any SDK/ARM failure ends the module, with its remedy
+                    applied = ", ".join(step[0] for step in steps[:done]) or "nothing"
+                    self.fail("%s on %s failed; applied before it: %s" % (label, target, applied), exc)
+        return [label for label, _call in steps]
+
     def exit(self, changed, before=None, after=None, **result):
         """Exit with ``changed``, and the ``diff`` (before/after) when diff mode is on."""
         if self.diff_mode:

@@ -218,41 +218,39 @@ def main():
         mod.fail("tenant_id is required to enable Entra authentication or add administrators (option or AZURE_TENANT_ID)")
     tenant_id = tenant_id or auth_config["tenantId"]
 
+    rg, name = params["resource_group"], params["name"]
+
+    def patch(auth):
+        return lambda: mod.clients.postgres.servers.begin_update(rg, name, {"properties": {"authConfig": auth}}).result()
+
+    def put(admin):
+        body = {"properties": {"principalType": admin["principal_type"], "principalName": admin["principal_name"],
+                               "tenantId": tenant_id}}
+        return lambda: mod.clients.postgres.administrators_microsoft_entra.begin_create_or_update(
+            rg, name, admin["object_id"], body).result()
+
+    def delete(admin):
+        return lambda: mod.clients.postgres.administrators_microsoft_entra.begin_delete(
+            rg, name, admin["object_id"]).result()
+
     steps = []
+    after_first = auth_config
     if want_ad == "Enabled" and auth_config["activeDirectoryAuth"] != "Enabled":
-        steps.append(("patch", {"activeDirectoryAuth": "Enabled", "passwordAuth": auth_config["passwordAuth"],
-                                "tenantId": tenant_id}, "PATCH authConfig activeDirectoryAuth=Enabled"))
-    steps.extend(("put", a, "PUT administrators/%s (%s)" % (a["object_id"], a["principal_name"])) for a in to_add)
-    steps.extend(("delete", a, "DELETE administrators/%s (%s)" % (a["object_id"], a["principal_name"]))
+        after_first = dict(auth_config, activeDirectoryAuth="Enabled", tenantId=tenant_id)
+        steps.append(("PATCH authConfig activeDirectoryAuth=Enabled", patch(after_first)))
+    steps.extend(("PUT administrators/%s (%s)" % (a["object_id"], a["principal_name"]), put(a)) for a in to_add)
+    steps.extend(("DELETE administrators/%s (%s)" % (a["object_id"], a["principal_name"]), delete(a))
                  for a in to_remove)
     final = {"activeDirectoryAuth": want_ad, "passwordAuth": want_pw, "tenantId": tenant_id}
-    after_first = dict(auth_config, activeDirectoryAuth="Enabled", tenantId=tenant_id) \
-        if steps and steps[0][0] == "patch" else auth_config
-    if final["activeDirectoryAuth"] != after_first["activeDirectoryAuth"] or \
-            final["passwordAuth"] != after_first["passwordAuth"]:
-        steps.append(("patch", final, "PATCH authConfig activeDirectoryAuth=%s passwordAuth=%s" % (want_ad, want_pw)))
-
-    if not mod.check_mode:
-        ops = mod.clients.postgres
-        rg, name = params["resource_group"], params["name"]
-        for done, (kind, payload, label) in enumerate(steps):
-            try:
-                if kind == "patch":
-                    ops.servers.begin_update(rg, name, {"properties": {"authConfig": payload}}).result()
-                elif kind == "put":
-                    ops.administrators_microsoft_entra.begin_create_or_update(rg, name, payload["object_id"], {
-                        "properties": {"principalType": payload["principal_type"],
-                                       "principalName": payload["principal_name"], "tenantId": tenant_id}}).result()
-                else:
-                    ops.administrators_microsoft_entra.begin_delete(rg, name, payload["object_id"]).result()
-            except Exception as exc:
-                mod.fail("%s on server %s failed; applied before it: %s" % (
-                    label, name, ", ".join(step[2] for step in steps[:done]) or "nothing"), exc)
+    if (final["activeDirectoryAuth"], final["passwordAuth"]) != \
+            (after_first["activeDirectoryAuth"], after_first["passwordAuth"]):
+        steps.append(("PATCH authConfig activeDirectoryAuth=%s passwordAuth=%s" % (want_ad, want_pw), patch(final)))
+    operations = mod.apply_steps(steps, "server %s" % name)
 
     mod.exit(bool(steps),
              before={"authConfig": auth_config, "administrators": by_object_id(admins.values())},
              after={"authConfig": final, "administrators": by_object_id(admins_after)},
-             auth_config=final, administrators=by_object_id(admins_after), operations=[s[2] for s in steps])
+             auth_config=final, administrators=by_object_id(admins_after), operations=operations)
 
 
 if __name__ == "__main__":

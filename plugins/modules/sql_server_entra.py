@@ -160,6 +160,7 @@ def main():
         mod.fail("tenant_id %r is not a GUID" % tenant_id)
 
     admin, entra_only = read_current(mod)
+    rg, name = params["resource_group"], params["name"]
     steps = []
     admin_after = admin
     if wanted is not None and not same_admin(admin, wanted):
@@ -170,36 +171,25 @@ def main():
         if not tenant_id:
             mod.fail("tenant_id is required to set the Entra administrator (option or AZURE_TENANT_ID)")
         admin_after = dict(wanted, tenant_id=tenant_id, principal_type=KNOWN_AFTER_APPLY)
-        steps.append(("admin", admin_after, "PUT administrators/ActiveDirectory (%s)" % wanted["login"]))
+        body = {"properties": {"administratorType": "ActiveDirectory", "login": wanted["login"], "sid": wanted["sid"],
+                               "tenantId": tenant_id}}
+        steps.append(("PUT administrators/ActiveDirectory (%s)" % wanted["login"],
+                      lambda: mod.clients.sql.server_azure_ad_administrators.begin_create_or_update(
+                          rg, name, "ActiveDirectory", body).result()))
     want_only = params["azure_ad_only_authentication"]
     if want_only is not None and want_only != entra_only:
         if want_only and not admin_after:
             mod.fail("azure_ad_only_authentication=true needs an Entra administrator (administrator) first: "
                      "otherwise nobody could log in")
-        steps.append(("only", want_only, "PUT azureADOnlyAuthentications/Default azureADOnlyAuthentication=%s"
-                      % str(want_only).lower()))
+        steps.append(("PUT azureADOnlyAuthentications/Default azureADOnlyAuthentication=%s" % str(want_only).lower(),
+                      lambda: mod.clients.sql.server_azure_ad_only_authentications.begin_create_or_update(
+                          rg, name, "Default", {"properties": {"azureADOnlyAuthentication": want_only}}).result()))
     only_after = entra_only if want_only is None else want_only
-
-    if not mod.check_mode:
-        ops = mod.clients.sql
-        rg, name = params["resource_group"], params["name"]
-        for done, (kind, payload, label) in enumerate(steps):
-            try:
-                if kind == "admin":
-                    ops.server_azure_ad_administrators.begin_create_or_update(rg, name, "ActiveDirectory", {
-                        "properties": {"administratorType": "ActiveDirectory", "login": payload["login"],
-                                       "sid": payload["sid"], "tenantId": payload["tenant_id"]}}).result()
-                else:
-                    ops.server_azure_ad_only_authentications.begin_create_or_update(
-                        rg, name, "Default", {"properties": {"azureADOnlyAuthentication": payload}}).result()
-            except Exception as exc:
-                mod.fail("%s on server %s failed; applied before it: %s" % (
-                    label, name, ", ".join(step[2] for step in steps[:done]) or "nothing"), exc)
+    operations = mod.apply_steps(steps, "server %s" % name)
 
     mod.exit(bool(steps), before={"administrator": admin, "azure_ad_only_authentication": entra_only},
              after={"administrator": admin_after, "azure_ad_only_authentication": only_after},
-             administrator=admin_after, azure_ad_only_authentication=only_after,
-             operations=[step[2] for step in steps])
+             administrator=admin_after, azure_ad_only_authentication=only_after, operations=operations)
 
 
 if __name__ == "__main__":

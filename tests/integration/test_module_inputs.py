@@ -348,3 +348,15 @@ def test_a_foreign_sql_admin_is_never_replaced_silently(lab):
 def test_bad_sql_server_input(lab, args, field):
     result = call(lab, "sql_server_entra", **dict({"name": "sql-lab", "resource_group": "rg-lab-data"}, **args))
     assert result["failed"] and field in result["msg"]
+
+
+def test_a_failing_write_names_what_was_applied_before_it(lab):
+    lab.lab_api("POST", "faults", {"method": "PUT", "path": "azureADOnlyAuthentications", "status": 400, "count": 1,
+                                   "code": "LabInjectedFault", "message": "injected"})
+    dana = {"login": "dana.dba@lab.example", "sid": "5a1e7c3d-2b4f-4a6e-8d9c-0f1e2d3c4b5a"}
+    result = call(lab, "sql_server_entra", name="sql-lab-2", resource_group="rg-lab-data", administrator=dana,
+                  replace_administrator=True, azure_ad_only_authentication=True)
+    assert result["failed"]
+    assert "PUT azureADOnlyAuthentications/Default azureADOnlyAuthentication=true on server sql-lab-2 failed" \
+        in result["msg"]
+    assert "applied before it: PUT administrators/ActiveDirectory (dana.dba@lab.example)" in result["msg"]
