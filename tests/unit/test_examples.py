@@ -62,4 +62,3 @@ def test_documentation_lists_exactly_the_module_options(name, monkeypatch):
         text = getattr(doc.ModuleDocFragment, parts[1].upper() if len(parts) > 1 else "DOCUMENTATION")
         documented |= set(yaml.safe_load(text).get("options", {}))
     assert documented == set(captured["spec"])
-
