@@ -9,6 +9,7 @@ Components (each module's docstring says what it does not emulate):
   endpoints and Azure Resource Manager, served by one process (:mod:`azurelab.server`).
 * :mod:`azurelab.postgres`, :mod:`azurelab.pgfront` - the real PostgreSQL 15 and its token-checking TLS front.
 * :mod:`azurelab.openbao` - the real OpenBao with the "before" state; :mod:`azurelab.demo_app` - the demo app.
-* :mod:`azurelab.tds`, :mod:`azurelab.sqlserver`, :mod:`azurelab.odbc` - the Azure SQL double (TDS).
+* :mod:`azurelab.tds`, :mod:`azurelab.sqlserver`, :mod:`azurelab.sqlcatalog`, :mod:`azurelab.odbc` - the Azure
+  SQL double (TDS); :mod:`azurelab.azuresql` - the topology's SQL servers as the lab runs them, and their seed.
 * :mod:`azurelab.labctl` - ``python -m azurelab up|down|reset|status|env``; :mod:`azurelab.probe` - evidence.
 """

@@ -1,7 +1,9 @@
 """Where the lab lives: its state folder, its ports and the topology it seeds.
 
 Everything the lab writes goes below one ignored folder, ``.lab/`` at the repository root (``LAB_STATE_DIR``
-overrides it). Every server binds 127.0.0.1 only. Ports start at ``LAB_PORT_BASE`` (default 47000).
+overrides it). Every server binds 127.0.0.1 only. Ports start at ``LAB_PORT_BASE`` (default 47000): base+1 .. base+6
+for the control plane, PostgreSQL and OpenBao, then one per Azure SQL server (base+7, base+8, ... in the order of
+``topology.yml``'s ``sql_servers``).
 """
 from __future__ import annotations
 
@@ -24,11 +26,19 @@ class Ports:
     arm: int  # HTTPS: Azure Resource Manager
     identity: int  # HTTP: managed identity endpoints, one path prefix per lab VM
     postgres: int  # TLS PostgreSQL front (token or password login), relays to the real server
-    openbao: int  # HTTP: OpenBao dev server (the "before" state)
+    openbao: int  # HTTP: OpenBao dev server (the "before" state); openbao + 1 is its cluster port
+    sql: tuple[int, ...] = ()  # TDS: one Azure SQL server each, in topology order; empty runs none
+
+    SQL_OFFSET = 7  # base + 6 is OpenBao's cluster port
 
     @classmethod
-    def from_base(cls, base: int) -> "Ports":
-        return cls(entra=base + 1, arm=base + 2, identity=base + 3, postgres=base + 4, openbao=base + 5)
+    def from_base(cls, base: int, sql_servers: int = 0) -> "Ports":
+        return cls(entra=base + 1, arm=base + 2, identity=base + 3, postgres=base + 4, openbao=base + 5,
+                   sql=tuple(base + cls.SQL_OFFSET + i for i in range(sql_servers)))
+
+    def sql_servers(self, topology: dict) -> dict[str, int]:
+        """Azure SQL server name -> port, for the servers these ports include (``{}`` when ``sql`` is empty)."""
+        return dict(zip((server["name"] for server in topology.get("sql_servers", [])), self.sql))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +105,10 @@ class LabPaths:
     def pg_socket_dir(self) -> pathlib.Path:
         return self.root / "pg" / "run"
 
+    def sql_catalog(self, server: str) -> pathlib.Path:
+        """The SQLite file holding an Azure SQL server's users and role memberships (kept across restarts)."""
+        return self.root / "sql" / f"{server}.sqlite"
+
     @property
     def apps(self) -> pathlib.Path:
         """Demo applications' configuration, one JSON file per application."""
@@ -110,10 +124,16 @@ def paths() -> LabPaths:
 
 
 def ports() -> Ports:
-    return Ports.from_base(int(os.environ.get("LAB_PORT_BASE", "47000")))
+    return Ports.from_base(int(os.environ.get("LAB_PORT_BASE", "47000")), len(topology().get("sql_servers", [])))
 
 
 def topology() -> dict:
     """The seeded lab: tenant, subscription, resource groups, VMs, identities, servers, directory, apps."""
     with open(TOPOLOGY_FILE, encoding="utf-8") as handle:
         return yaml.safe_load(handle)
+
+
+def is_sql_application(app: dict) -> bool:
+    """An application of ``topology["applications"]`` that uses Azure SQL (``database.type: sql``); the others use
+    PostgreSQL through OpenBao's database secrets engine."""
+    return (app.get("database") or {}).get("type") == "sql"

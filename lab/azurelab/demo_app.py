@@ -1,38 +1,61 @@
 """The lab's demo application: ``python -m azurelab.demo_app <app-name>``.
 
 It stands for an application running on its VM. It reads ``<state>/apps/<app>.json`` and connects the way the
-tutorial's code does (seed/000 Part 2), unmodified clients only:
+tutorial's code does, unmodified clients only. ``db_type`` chooses the database (``postgres`` when absent):
+
+PostgreSQL (tutorial Part 2):
 
 * ``mode: vault`` (before): hvac AppRole login with ``role_id`` and the secret id stored in ``secret_id_file``,
   ``generate_credentials`` for ``vault_role``, psycopg with that username and password.
 * ``mode: identity`` (after): azure-identity ``DefaultAzureCredential(managed_identity_client_id=...)``, a token
   for ``https://ossrdbms-aad.database.windows.net/.default``, psycopg with ``user = db_user`` and the token as
-  password. On a lab VM the caller sets ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` to that VM's managed identity
-  endpoint (``http://127.0.0.1:<ports.identity>/vms/<vm>``), as IMDS is on a real VM.
+  password.
 
-Config keys: ``app``, ``vm``, ``mode``, ``db_host``, ``db_port``, ``db_name``, ``db_sslmode``, ``db_sslrootcert``,
-``query``; vault mode adds ``vault_addr``, ``vault_approle_mount``, ``role_id``, ``secret_id_file``,
-``vault_database_mount``, ``vault_role``; identity mode adds ``managed_identity_client_id`` and ``db_user``.
+Azure SQL (``db_type: sql``; tutorial Part 1, Step 5), pyodbc with "ODBC Driver 18 for SQL Server",
+``SERVER=tcp:<db_host>,<db_port>`` (``localhost``: the driver checks the certificate's DNS name), ``Encrypt=yes``:
 
-Prints one JSON line, ``{"app", "mode", "ok": true, "connected_as": <current_user>, "rows": [...]}``, and exits 0;
+* ``mode: vault`` (before): hvac AppRole login, then the KV v2 secret ``<vault_kv_mount>/<vault_kv_path>``
+  (``username``, ``password``: a contained SQL user) as ``UID`` / ``PWD``. OpenBao has no mssql database plugin,
+  so the SQL "before" is Vault's other pattern, a static secret in KV.
+* ``mode: identity`` (after): the tutorial's code: ``DefaultAzureCredential(managed_identity_client_id=...)``, a
+  token for ``https://database.windows.net/.default`` in UTF-16-LE, packed with its length and passed as
+  connection attribute 1256 (``SQL_COPT_SS_ACCESS_TOKEN``). ``db_user`` is not used: the token names the user.
+
+  Lab plumbing, what a VM image would provide: the driver is registered with unixODBC from the lab's
+  ``odbcinst.ini`` (:mod:`azurelab.odbc`), and ``SSL_CERT_FILE`` is set to ``db_ca_bundle`` (system CAs + lab CA).
+
+On a lab VM the caller sets ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` to that VM's managed identity endpoint
+(``http://127.0.0.1:<ports.identity>/vms/<vm>``), as IMDS is on a real VM.
+
+Config keys: ``app``, ``vm``, ``mode``, ``db_host``, ``db_port``, ``db_name``, ``query``; vault mode adds
+``vault_addr``, ``vault_approle_mount``, ``role_id``, ``secret_id_file``; identity mode adds
+``managed_identity_client_id`` and ``db_user``. PostgreSQL adds ``db_sslmode``, ``db_sslrootcert`` and, in vault
+mode, ``vault_database_mount``, ``vault_role``. Azure SQL adds ``db_type: sql``, ``db_server`` (the logical
+server's name), ``db_ca_bundle`` and, in vault mode, ``vault_kv_mount``, ``vault_kv_path``.
+
+Prints one JSON line, ``{"app", "mode", "ok": true, "connected_as": <current user>, "rows": [...]}``, and exits 0;
 on failure ``{"app", "mode", "ok": false, "error": "<type>: <message>"}`` and exits 1. Neither holds a secret:
 the error is the client library's message, which never echoes a password or token.
 """
 from __future__ import annotations
 
 import json
+import os
+import struct
 import sys
-
-import psycopg
 
 from .config import paths
 
 POSTGRES_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
+SQL_SCOPE = "https://database.windows.net/.default"
+SQL_DRIVER = "ODBC Driver 18 for SQL Server"
+SQL_COPT_SS_ACCESS_TOKEN = 1256
+LOGIN_TIMEOUT_S = 10
 MAX_ERROR_CHARS = 500
 
 
-def vault_credentials(config: dict) -> tuple[str, str]:
-    """Before: an AppRole login, then a dynamic database user from Vault. Returns ``(username, password)``."""
+def approle_client(config: dict):
+    """An hvac client signed in with the app's AppRole (``role_id`` + the secret id from ``secret_id_file``)."""
     import hvac  # each mode imports only its own client, as each app generation would
 
     client = hvac.Client(url=config["vault_addr"])
@@ -40,8 +63,13 @@ def vault_credentials(config: dict) -> tuple[str, str]:
         secret_id = handle.read().strip()
     client.auth.approle.login(role_id=config["role_id"], secret_id=secret_id,
                               mount_point=config["vault_approle_mount"])
-    creds = client.secrets.database.generate_credentials(name=config["vault_role"],
-                                                         mount_point=config["vault_database_mount"])
+    return client
+
+
+def vault_credentials(config: dict) -> tuple[str, str]:
+    """Before: an AppRole login, then a dynamic database user from Vault. Returns ``(username, password)``."""
+    creds = approle_client(config).secrets.database.generate_credentials(name=config["vault_role"],
+                                                                         mount_point=config["vault_database_mount"])
     return creds["data"]["username"], creds["data"]["password"]
 
 
@@ -53,14 +81,84 @@ def identity_credentials(config: dict) -> tuple[str, str]:
     return config["db_user"], credential.get_token(POSTGRES_SCOPE).token
 
 
-def run(config: dict) -> dict:
-    """Connect as the config says, run the app's query; returns the result line (raises on failure)."""
+def run_postgres(config: dict) -> tuple[str, list]:
+    """Connect as the config says, run the app's query; returns ``(current_user, rows)`` (raises on failure)."""
+    import psycopg
+
     user, password = (vault_credentials if config["mode"] == "vault" else identity_credentials)(config)
     with psycopg.connect(host=config["db_host"], port=config["db_port"], dbname=config["db_name"], user=user,
                          password=password, sslmode=config.get("db_sslmode", "verify-full"),
                          sslrootcert=config.get("db_sslrootcert"), connect_timeout=10) as conn:
         connected_as = conn.execute("SELECT current_user").fetchone()[0]
         rows = conn.execute(config["query"]).fetchall()
+    return connected_as, rows
+
+
+def _odbc_value(value: str) -> str:
+    """An ODBC connection-string value in braces, so that ``;`` and ``}`` in it survive."""
+    return "{" + value.replace("}", "}}") + "}"
+
+
+def sql_connect_vault(config: dict):
+    """Before: the contained SQL user's password from Vault KV v2, then SQL authentication."""
+    secret = approle_client(config).secrets.kv.v2.read_secret_version(
+        path=config["vault_kv_path"], mount_point=config["vault_kv_mount"], raise_on_deleted_version=True)
+    username, password = secret["data"]["data"]["username"], secret["data"]["data"]["password"]
+    import pyodbc
+
+    conn_str = (
+        f"DRIVER={{{SQL_DRIVER}}};"
+        f"SERVER=tcp:{config['db_host']},{config['db_port']};"
+        f"DATABASE={config['db_name']};"
+        f"UID={_odbc_value(username)};"
+        f"PWD={_odbc_value(password)};"
+        f"Encrypt=yes;"
+    )
+    return pyodbc.connect(conn_str, timeout=LOGIN_TIMEOUT_S)
+
+
+def sql_connect_identity(config: dict):
+    """After: tutorial Part 1, Step 5, with the lab's server address."""
+    from azure.identity import DefaultAzureCredential
+    import pyodbc
+
+    credential = DefaultAzureCredential(
+        managed_identity_client_id=config.get("managed_identity_client_id")
+    )
+    token = credential.get_token(SQL_SCOPE)
+    token_bytes = token.token.encode("UTF-16-LE")
+    token_struct = struct.pack(f'<I{len(token_bytes)}s', len(token_bytes), token_bytes)
+    return pyodbc.connect(
+        f"DRIVER={{{SQL_DRIVER}}};"
+        f"SERVER=tcp:{config['db_host']},{config['db_port']};"
+        f"DATABASE={config['db_name']};"
+        "Encrypt=yes;",
+        attrs_before={SQL_COPT_SS_ACCESS_TOKEN: token_struct}, timeout=LOGIN_TIMEOUT_S,
+    )
+
+
+def run_sql(config: dict) -> tuple[str, list]:
+    """Connect to Azure SQL as the config says, run the app's query; returns ``(CURRENT_USER, rows)``."""
+    from . import odbc
+
+    # unixODBC reads these once, at the process's first ODBC call; OpenSSL in the driver reads SSL_CERT_FILE.
+    os.environ.update(odbc.register_driver(paths()))
+    if config.get("db_ca_bundle"):
+        os.environ["SSL_CERT_FILE"] = config["db_ca_bundle"]
+    conn = (sql_connect_vault if config["mode"] == "vault" else sql_connect_identity)(config)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT CURRENT_USER AS connected_as")
+        connected_as = cursor.fetchone().connected_as
+        rows = cursor.execute(config["query"]).fetchall()
+    finally:
+        conn.close()
+    return connected_as, rows
+
+
+def run(config: dict) -> dict:
+    """Connect as the config says, run the app's query; returns the result line (raises on failure)."""
+    connected_as, rows = (run_sql if config.get("db_type") == "sql" else run_postgres)(config)
     return {"app": config["app"], "mode": config["mode"], "ok": True, "connected_as": connected_as,
             "rows": [list(row) for row in rows]}
 

@@ -1,11 +1,13 @@
 """``python -m azurelab up|down|reset|status|env``: start, stop and describe the lab.
 
-``up`` creates the CA and the lab secrets, starts PostgreSQL (``PostgresLab.start()`` + ``.setup()``), spawns the
-control-plane server detached (:mod:`azurelab.server`), waits until every port answers, starts and seeds OpenBao
-(``OpenBaoLab.start()`` + ``.seed()``), then writes ``endpoints.json`` and ``env.sh``. It is idempotent.
+``up`` creates the CA and the lab secrets, starts PostgreSQL (``PostgresLab.start()`` + ``.setup()``), registers
+the ODBC driver and seeds the Azure SQL catalogs (:func:`azurelab.azuresql.seed_users`), spawns the control-plane
+server detached (:mod:`azurelab.server`, which also serves Azure SQL), waits until every port answers, starts and
+seeds OpenBao (``OpenBaoLab.start()`` + ``.seed()``, with the SQL users' new passwords), then writes
+``endpoints.json`` and ``env.sh``. It is idempotent.
 ``down`` stops the server by its pid, then OpenBao, then PostgreSQL. ``reset`` = ``down`` + delete the state
 folder + ``up``. ``status`` exits 0 only when every component is up. ``env`` prints ``env.sh``
-(``eval "$(python -m azurelab env)"``).
+(``eval "$(python -m azurelab env)"``). ``reset`` also wipes the Azure SQL catalogs (``<state>/sql/``).
 
 ``LAB_COMPONENTS=azure`` runs the control plane only; ``LAB_STATE_DIR`` / ``LAB_PORT_BASE`` move the lab.
 
@@ -25,7 +27,8 @@ import subprocess
 import sys
 import time
 
-from . import ca, config
+from . import ca, config, odbc
+from .azuresql import new_password
 from .directory import AUTOMATION_SP, automation_principal
 from .server import optional_module, read_secrets
 
@@ -67,18 +70,24 @@ def ensure_secrets(paths: config.LabPaths, topology: dict) -> None:
     """Add the lab's missing secrets to ``paths().secrets`` (mode 0600), keeping the other components' entries.
 
     Written here: ``sp-lab-automation`` -> ``{"client_id", "client_secret"}`` (the Entra double's client-credentials
-    principal; its secret exists nowhere else), and ``identity_headers`` -> ``{vm: secret}``, the value App Service
-    puts in ``IDENTITY_HEADER`` for the App Service style endpoint of each lab workload.
+    principal; its secret exists nowhere else), ``identity_headers`` -> ``{vm: secret}``, the value App Service
+    puts in ``IDENTITY_HEADER`` for the App Service style endpoint of each lab workload, and ``sql_servers`` ->
+    ``{server: {"administrator_login", "administrator_password"}}``, each Azure SQL server's SQL-authentication admin.
     """
     current = read_secrets(paths)
     vms = [vm["name"] for vm in topology["virtual_machines"]]
-    if AUTOMATION_SP in current and set(current.get("identity_headers", {})) >= set(vms):
+    sql = {server["name"]: server["administrator_login"] for server in topology.get("sql_servers", [])}
+    if (AUTOMATION_SP in current and set(current.get("identity_headers", {})) >= set(vms)
+            and set(current.get("sql_servers", {})) >= set(sql)):
         return
     current.setdefault(AUTOMATION_SP, {"client_id": automation_principal(topology["tenant_id"])["client_id"],
                                        "client_secret": secrets.token_urlsafe(30)})
     headers = current.setdefault("identity_headers", {})
     for vm in vms:
         headers.setdefault(vm, secrets.token_urlsafe(24))
+    admins = current.setdefault("sql_servers", {})
+    for server, login in sql.items():
+        admins.setdefault(server, {"administrator_login": login, "administrator_password": new_password()})
     paths.root.mkdir(parents=True, exist_ok=True)
     tmp = paths.secrets.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -91,6 +100,8 @@ def _service_ports(ports: config.Ports) -> dict[str, int]:
     wanted = {"entra": ports.entra, "arm": ports.arm, "identity": ports.identity}
     if optional_module("pgfront") and optional_module("postgres"):
         wanted["postgres"] = ports.postgres
+    if optional_module("azuresql"):
+        wanted.update(ports.sql_servers(config.topology()))
     return wanted
 
 
@@ -103,19 +114,31 @@ def endpoints(paths: config.LabPaths, ports: config.Ports, topology: dict) -> di
         "ca_bundle": str(paths.ca_bundle),
         "secrets_file": str(paths.secrets),
         "ports": {"entra": ports.entra, "arm": ports.arm, "identity": ports.identity, "postgres": ports.postgres,
-                  "openbao": ports.openbao},
+                  "openbao": ports.openbao, "sql": ports.sql_servers(topology)},
         "authority_host": f"https://{config.HOST}:{ports.entra}",
         "resource_manager": f"https://{config.HOST}:{ports.arm}/",
         "audiences": topology["audiences"],
         "automation_client_id": automation_principal(topology["tenant_id"])["client_id"],
         "identity_endpoints": {vm["name"]: f"{identity}/vms/{vm['name']}" for vm in topology["virtual_machines"]},
         "postgres": {"host": config.HOST, "port": ports.postgres},
+        # The ODBC driver checks the certificate's DNS name, not its IP address: Azure SQL clients use localhost.
+        "sql_servers": {name: {"host": "localhost", "port": port}
+                        for name, port in ports.sql_servers(topology).items()},
         "vault_addr": f"http://{config.HOST}:{ports.openbao}",
     }
 
 
+def sql_port_variable(server: str) -> str:
+    """The env.sh variable holding an Azure SQL server's port: ``sql-lab-2`` -> ``LAB_SQL_PORT_SQL_LAB_2``."""
+    return "LAB_SQL_PORT_" + "".join(c if c.isalnum() else "_" for c in server).upper()
+
+
 def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> str:
-    """Bash exports for a shell on the control node (``vm-control``); no secret values."""
+    """Bash exports for a shell on the control node (``vm-control``); no secret values.
+
+    With Azure SQL in the lab it adds ``ODBCSYSINI`` / ``ODBCINSTINI`` (pyodbc finds "ODBC Driver 18 for SQL
+    Server" there; ``SSL_CERT_FILE`` makes the driver trust the lab CA) and one ``LAB_SQL_PORT_<SERVER>`` per server.
+    """
     info = endpoints(paths, ports, topology)
     exports = {
         "REQUESTS_CA_BUNDLE": info["ca_bundle"],
@@ -130,6 +153,9 @@ def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> s
         "LAB_STATE_DIR": str(paths.root),
         "LAB_PORT_BASE": str(ports.entra - 1),
     }
+    if info["sql_servers"]:
+        exports.update(odbc.environment(paths))
+        exports.update({sql_port_variable(name): str(server["port"]) for name, server in info["sql_servers"].items()})
     lines = ["# Written by `python -m azurelab up`: the lab seen from its control node (vm-control)."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
     return "\n".join(lines) + "\n"
@@ -144,7 +170,7 @@ def up() -> int:
             if port_open(port)]
     if busy:
         print(f"lab ports already in use by something else ({', '.join(busy)}): another lab? Stop it, or start this "
-              f"one elsewhere with LAB_PORT_BASE=<base> (ports base+1 .. base+6)", file=sys.stderr)
+              f"one elsewhere with LAB_PORT_BASE=<base> (ports base+1 .. base+{6 + len(ports.sql)})", file=sys.stderr)
         return 1
     started = time.monotonic()
     ca.ensure(paths)
@@ -156,6 +182,11 @@ def up() -> int:
         backend = postgres.PostgresLab(paths, topology)
         backend.start()
         backend.setup()
+    azuresql = optional_module("azuresql")
+    sql_passwords = None
+    if azuresql:
+        odbc.register_driver(paths)
+        sql_passwords = azuresql.seed_users(paths, topology)
     env = dict(os.environ, PYTHONPATH=str(config.REPO_ROOT / "lab"))
     with open(paths.logs / "server.out", "ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "azurelab.server"], env=env, stdout=out,
@@ -174,7 +205,7 @@ def up() -> int:
     if openbao:
         vault = openbao.OpenBaoLab(paths, topology, ports)
         vault.start()
-        vault.seed()
+        vault.seed(sql_passwords)
     paths.endpoints.write_text(json.dumps(endpoints(paths, ports, topology), indent=1) + "\n")
     paths.env_file.write_text(env_script(paths, ports, topology))
     print(f"lab up in {time.monotonic() - started:.1f} s (state {paths.root}); "
@@ -221,12 +252,13 @@ def reset() -> int:
 def status() -> int:
     paths, ports = config.paths(), config.ports()
     pid = server_pid(paths)
-    states = {name: port_open(port) for name, port in _service_ports(ports).items()}
+    wanted = _service_ports(ports)
     if optional_module("openbao"):
-        states["openbao"] = port_open(ports.openbao)
+        wanted["openbao"] = ports.openbao
+    states = {name: port_open(port) for name, port in wanted.items()}
     print(f"state {paths.root}; server pid {pid or '-'}")
     for name, ok in states.items():
-        print(f"  {name:<9} {'up' if ok else 'down'}")
+        print(f"  {name:<9} {'up' if ok else 'down':<4} 127.0.0.1:{wanted[name]}")
     return 0 if pid and all(states.values()) else 3
 
 

@@ -11,6 +11,7 @@ Not handled: the wheel's musl (Alpine) and ARM64 builds are found by the same se
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 from .config import LabPaths
@@ -49,14 +50,26 @@ def _distro_dir() -> str:
     return "debian_ubuntu"
 
 
+def environment(paths: LabPaths) -> dict[str, str]:
+    """The environment variables that make a client process use the lab's ``odbcinst.ini`` (``ODBCSYSINI``,
+    ``ODBCINSTINI``); :func:`register_driver` writes that file."""
+    return {"ODBCSYSINI": str(paths.root / "odbc"), "ODBCINSTINI": "odbcinst.ini"}
+
+
 def register_driver(paths: LabPaths) -> dict[str, str]:
     """Write ``<state>/odbc/odbcinst.ini`` naming the wheel's driver ``ODBC Driver 18 for SQL Server``.
 
-    Returns the environment variables a client process needs (``ODBCSYSINI``, ``ODBCINSTINI``). Idempotent.
+    Returns :func:`environment`. Idempotent: an unchanged file is not rewritten, and a changed one is replaced
+    atomically, so processes that read it meanwhile (unixODBC, at their first ODBC call) never see it half written.
     """
-    folder = paths.root / "odbc"
+    env = environment(paths)
+    folder = pathlib.Path(env["ODBCSYSINI"])
     folder.mkdir(parents=True, exist_ok=True)
-    ini = folder / "odbcinst.ini"
-    ini.write_text(f"[{DRIVER_NAME}]\nDescription=Microsoft ODBC Driver 18 for SQL Server (mssql-python-odbc wheel)\n"
-                   f"Driver={driver_library()}\nUsageCount=1\n", encoding="utf-8")
-    return {"ODBCSYSINI": str(folder), "ODBCINSTINI": ini.name}
+    ini = folder / env["ODBCINSTINI"]
+    text = (f"[{DRIVER_NAME}]\nDescription=Microsoft ODBC Driver 18 for SQL Server (mssql-python-odbc wheel)\n"
+            f"Driver={driver_library()}\nUsageCount=1\n")
+    if not ini.exists() or ini.read_text(encoding="utf-8") != text:
+        tmp = ini.with_name(f".{ini.name}.{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, ini)
+    return env

@@ -1,4 +1,5 @@
-"""The lab's "before" state: a real OpenBao (Vault API) issuing dynamic PostgreSQL users to the demo apps.
+"""The lab's "before" state: a real OpenBao (Vault API) issuing dynamic PostgreSQL users to the demo apps, and
+keeping the Azure SQL apps' passwords in KV v2.
 
 :meth:`OpenBaoLab.start` runs ``bao server -dev`` on 127.0.0.1:<ports.openbao> (in memory: every start is a
 fresh Vault, so :meth:`OpenBaoLab.seed` runs after it). The root token is random per start and kept only in
@@ -11,13 +12,19 @@ the dev banner lines that print it are filtered out of ``logs/openbao.log``.
 * the database secrets engine at ``vault.database_mount`` with connection ``vault.connection``
   (``postgresql-database-plugin``, the server admin's password, TLS verify-full to the lab PostgreSQL front:
   the plugin's pgx driver signs in with a cleartext password over TLS, as it does on Azure);
-* one database role per application with its ``creation_statements``, default TTL 1 h;
-* AppRole at ``vault.approle_mount``: per application a policy reading ``<mount>/creds/<role>`` and a role;
+* one database role per PostgreSQL application with its ``creation_statements``, default TTL 1 h;
+* KV v2 at ``vault.kv_mount`` (the dev server's ``secret/``): per Azure SQL application (``database.type: sql``)
+  ``<kv_mount>/<vault_kv_path>`` = ``{"username", "password"}`` of its contained SQL user. OpenBao ships no mssql
+  database plugin, so the SQL "before" state is Vault's other pattern, a static secret in KV; the passwords come
+  from :func:`azurelab.azuresql.seed_users`, new at every ``up`` (the dev server forgets KV when it stops);
+* AppRole at ``vault.approle_mount``: per application a role and a policy reading ``<mount>/creds/<role>``
+  (PostgreSQL) or ``<kv_mount>/data/<vault_kv_path>`` (SQL);
 * per application ``<state>/apps/<app>.json`` (see :mod:`azurelab.demo_app`) and ``<app>.secret-id`` (0600):
   the stored secret this project exists to remove.
 
-Not emulated: Vault Agent, leases surviving a restart (the dev server keeps nothing), KV secrets, TLS on the
-Vault listener. The dev server also listens on <ports.openbao>+1 for cluster traffic (127.0.0.1 only).
+Not emulated: Vault Agent, leases surviving a restart (the dev server keeps nothing), KV metadata (versions beyond
+the current one are never read), TLS on the Vault listener. The dev server also listens on <ports.openbao>+1 for
+cluster traffic (127.0.0.1 only).
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ import urllib.request
 
 import hvac
 
-from .config import HOST, LabPaths, Ports
+from .config import HOST, LabPaths, Ports, is_sql_application
 from .postgres import PostgresLab, pid_alive
 
 READY_TIMEOUT_S = 10
@@ -133,14 +140,20 @@ class OpenBaoLab:
 
     # -- seeding -----------------------------------------------------------------------------------------------
 
-    def seed(self) -> list[str]:
+    def _postgres_apps(self) -> list[dict]:
+        return [app for app in self.topology["applications"] if not is_sql_application(app)]
+
+    def seed(self, sql_credentials: dict[str, dict] | None = None) -> list[str]:
         """Configure the "before" state; returns what it changed (``[]`` on a re-run with nothing to do).
 
-        The connection is written without a test login, so the PostgreSQL front need not be up yet; credentials
-        are issued through it later. Raises ``hvac.exceptions.VaultError`` subclasses when OpenBao refuses.
+        ``sql_credentials`` (``{app: {"username", "password"}}``, from :func:`azurelab.azuresql.seed_users`) are
+        written to KV; the Azure SQL applications are seeded only when it is given (``{}`` seeds their AppRoles and
+        configs but no secret). The connection is written without a test login, so the PostgreSQL front need not be
+        up yet; credentials are issued through it later. Raises ``hvac.exceptions.VaultError`` subclasses when
+        OpenBao refuses.
         """
         vault = self.topology["vault"]
-        apps = self.topology["applications"]
+        apps = self._postgres_apps()
         postgres = PostgresLab(self.paths, self.topology)  # the server admin's login and password
         client = self.client()
         changed: list[str] = []
@@ -169,8 +182,36 @@ class OpenBaoLab:
         if f"{auth_mount}/" not in client.sys.list_auth_methods()["data"]:
             client.sys.enable_auth_method(method_type="approle", path=auth_mount)
             changed.append(f"auth method {auth_mount}/")
+        database = next(iter(postgres.server["databases"]))
         for app in apps:
-            changed += self._seed_app(client, app, postgres)
+            policy = f'path "{vault["database_mount"]}/creds/{app["vault_role"]}" {{\n  capabilities = ["read"]\n}}\n'
+            changed += self._seed_app(client, app, f"{app['name']}-db-creds", policy, {
+                "vault_database_mount": vault["database_mount"], "vault_role": app["vault_role"],
+                "db_host": HOST, "db_port": self.ports.postgres, "db_name": database,
+                "db_sslmode": "verify-full", "db_sslrootcert": str(self.paths.ca_cert)})
+        if sql_credentials is not None:
+            changed += self._seed_sql(client, sql_credentials)
+        return changed
+
+    def _seed_sql(self, client: hvac.Client, credentials: dict[str, dict]) -> list[str]:
+        """KV v2 secrets, AppRoles and demo app configs of the Azure SQL applications."""
+        vault, changed = self.topology["vault"], []
+        kv_mount = vault["kv_mount"]
+        if f"{kv_mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+            client.sys.enable_secrets_engine(backend_type="kv", path=kv_mount, options={"version": "2"})
+            changed.append(f"secrets engine {kv_mount}/")
+        sql_ports = self.ports.sql_servers(self.topology)
+        for app in filter(is_sql_application, self.topology["applications"]):
+            spec, path = app["database"], app["vault_kv_path"]
+            if app["name"] in credentials:
+                client.secrets.kv.v2.create_or_update_secret(path=path, secret=credentials[app["name"]],
+                                                             mount_point=kv_mount)
+                changed.append(f"secret {kv_mount}/{path}")
+            policy = f'path "{kv_mount}/data/{path}" {{\n  capabilities = ["read"]\n}}\n'
+            changed += self._seed_app(client, app, f"{app['name']}-sql-secret", policy, {
+                "db_type": "sql", "db_server": spec["server"], "db_host": "localhost",
+                "db_port": sql_ports[spec["server"]], "db_name": spec["name"],
+                "db_ca_bundle": str(self.paths.ca_bundle), "vault_kv_mount": kv_mount, "vault_kv_path": path})
         return changed
 
     def _connection_url(self, postgres: PostgresLab) -> str:
@@ -185,7 +226,7 @@ class OpenBaoLab:
         except hvac.exceptions.InvalidPath:
             return True
         details = current.get("connection_details", {})
-        roles = sorted(app["vault_role"] for app in self.topology["applications"])
+        roles = sorted(app["vault_role"] for app in self._postgres_apps())
         return (current.get("plugin_name") != "postgresql-database-plugin"
                 or details.get("connection_url") != self._connection_url(postgres)
                 or details.get("username") != postgres.admin_login
@@ -201,12 +242,11 @@ class OpenBaoLab:
                 or current.get("creation_statements") != app["creation_statements"]
                 or current.get("default_ttl") != DEFAULT_TTL_S or current.get("max_ttl") != MAX_TTL_S)
 
-    def _seed_app(self, client: hvac.Client, app: dict, postgres: PostgresLab) -> list[str]:
+    def _seed_app(self, client: hvac.Client, app: dict, policy_name: str, policy: str, settings: dict) -> list[str]:
+        """An application's policy, AppRole, secret id file and demo app config (``settings``: its database keys)."""
         vault = self.topology["vault"]
         name, auth_mount = app["name"], vault["approle_mount"]
         changed = []
-        policy_name = f"{name}-db-creds"
-        policy = f'path "{vault["database_mount"]}/creds/{app["vault_role"]}" {{\n  capabilities = ["read"]\n}}\n'
         if not _policy_exists(client, policy_name) or client.sys.read_policy(policy_name)["data"]["rules"] != policy:
             client.sys.create_or_update_policy(policy_name, policy)
             changed.append(f"policy {policy_name}")
@@ -219,26 +259,25 @@ class OpenBaoLab:
                                                          token_ttl=DEFAULT_TTL_S, mount_point=auth_mount)
             changed.append(f"approle {auth_mount}/role/{name}")
 
+        config_file = self.paths.apps / f"{name}.json"
+        current = json.loads(config_file.read_text()) if config_file.exists() else {"mode": "vault"}
+        if current.get("mode") != "vault":
+            # The migration switched this app to its identity and deleted its stored secret id: not the seed's to
+            # undo, nor to bring back.
+            return changed
         secret_id_file = self.paths.apps / f"{name}.secret-id"
         if not self._secret_id_valid(client, name, secret_id_file):
             secret_id = client.auth.approle.generate_secret_id(name, mount_point=auth_mount)["data"]["secret_id"]
             _write_private(secret_id_file, secret_id)
             changed.append(f"secret id of {name}")
 
-        config_file = self.paths.apps / f"{name}.json"
-        current = json.loads(config_file.read_text()) if config_file.exists() else {"mode": "vault"}
-        if current.get("mode") != "vault":
-            return changed  # the migration switched this app to its identity: not the seed's to undo
-        database = next(iter(postgres.server["databases"]))
         desired = {
             **current,
             "app": name, "vm": app["vm"], "mode": "vault",
             "vault_addr": self.addr, "vault_approle_mount": auth_mount,
             "role_id": client.auth.approle.read_role_id(name, mount_point=auth_mount)["data"]["role_id"],
             "secret_id_file": str(secret_id_file),
-            "vault_database_mount": vault["database_mount"], "vault_role": app["vault_role"],
-            "db_host": HOST, "db_port": self.ports.postgres, "db_name": database,
-            "db_sslmode": "verify-full", "db_sslrootcert": str(self.paths.ca_cert),
+            **settings,
             "query": app["query"],
         }
         if desired != current:

@@ -1,10 +1,13 @@
 """One process for the lab's Azure control plane: Entra (HTTPS), the VMs' managed identity endpoint (HTTP),
-ARM (HTTPS) and, when the PostgreSQL part of the lab is present and enabled, the PostgreSQL front (TLS).
+ARM (HTTPS), when the PostgreSQL part of the lab is present and enabled the PostgreSQL front (TLS), and one Azure SQL
+double (TDS) per server of ``topology.yml``'s ``sql_servers`` for which ``ports.sql`` has a port (see
+:mod:`azurelab.azuresql`).
 
 Run by ``python -m azurelab up`` as ``python -m azurelab.server`` (detached; logs to ``paths().logs/server.log``;
 SIGTERM stops it cleanly). Tests can also build a :class:`Lab` in-process and pass their own ``hooks``.
 
-``LAB_COMPONENTS=azure`` leaves PostgreSQL and OpenBao out (no front; Entra admin changes are only logged).
+``LAB_COMPONENTS=azure`` leaves PostgreSQL, OpenBao and Azure SQL out (no front, no TDS servers; PostgreSQL Entra
+admin changes are only logged).
 
 Not emulated: anything about process supervision (a crashed server stays down until ``up`` runs again).
 """
@@ -31,7 +34,9 @@ log = logging.getLogger("azurelab")
 
 def components() -> set[str]:
     """Which optional parts run: ``LAB_COMPONENTS`` = ``all`` (default) or ``azure`` (control plane only)."""
-    return {"azure"} if os.environ.get("LAB_COMPONENTS", "all") == "azure" else {"azure", "postgres", "openbao"}
+    if os.environ.get("LAB_COMPONENTS", "all") == "azure":
+        return {"azure"}
+    return {"azure", "postgres", "openbao", "sql"}
 
 
 def optional_module(name: str):
@@ -40,7 +45,7 @@ def optional_module(name: str):
     The PostgreSQL and OpenBao parts of the lab are written in parallel with this one: this guard only covers
     their files not existing yet (an import error inside an existing file is raised, not hidden).
     """
-    wanted = {"postgres": "postgres", "pgfront": "postgres", "openbao": "openbao"}[name]
+    wanted = {"postgres": "postgres", "pgfront": "postgres", "openbao": "openbao", "azuresql": "sql"}[name]
     if wanted not in components() or importlib.util.find_spec(f"azurelab.{name}") is None:
         return None
     return importlib.import_module(f"azurelab.{name}")
@@ -98,17 +103,26 @@ class Lab:
             server_name = topology["postgres_servers"][0]["name"]
             self.front = pgfront.PgFront(paths, self.issuer, ports.postgres, server_name,
                                          lambda: self.arm.postgres_auth_config(server_name), backend)
+        azuresql = optional_module("azuresql")
+        self.sql = azuresql.build(paths, topology, self.issuer, ports.sql_servers(topology), self.arm,
+                                  self.directory, read_secrets(paths)) if azuresql else {}
 
     def start(self) -> None:
         for name, server in self.servers.items():
             server.start(name)
         if self.front is not None:
             threading.Thread(target=self.front.serve_forever, name="pgfront", daemon=True).start()
+        for name, sql in self.sql.items():
+            threading.Thread(target=sql.serve_forever, name=f"sql {name}", daemon=True).start()
         log.info("control plane serving on %s", {n: s.server_address[1] for n, s in self.servers.items()})
+        if self.sql:
+            log.info("Azure SQL serving on %s", {n: s.port for n, s in self.sql.items()})
 
     def stop(self) -> None:
         if self.front is not None:
             self.front.shutdown()
+        for sql in self.sql.values():
+            sql.shutdown()
         for server in self.servers.values():
             server.shutdown()
             server.server_close()

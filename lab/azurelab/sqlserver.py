@@ -1,4 +1,4 @@
-"""The lab Azure SQL Database endpoint: a TDS server (tds.py) with Azure's login rules and a tiny T-SQL subset.
+"""The lab Azure SQL Database endpoint: a TDS server (tds.py) with Azure's login rules and T-SQL (tsql.py).
 
 Clients are the real ones, unchanged: pyodbc with Microsoft ODBC Driver 18 and ``mssql-python``.
 
@@ -11,61 +11,54 @@ Login, as Azure SQL Database does it:
    has a tenant, issued by that tenant. The token names a principal: its client id (``appid``) for applications and
    managed identities, its object id (``oid``) for users. That GUID, in SQL Server's uniqueidentifier byte order, is
    the SID looked up among the database's Entra users (``TYPE = E``); the server's Entra admin becomes ``dbo``.
-3. A LOGIN7 with a user name and password is SQL authentication: the seeded server admin (also ``admin@server``),
-   who becomes ``dbo``. Refused while Entra-only authentication is on.
+3. A LOGIN7 with a user name and password is SQL authentication: a contained user WITH PASSWORD of the database the
+   login names (``name`` or ``name@server``), else the server admin (also ``admin@server``), who becomes ``dbo``.
+   Both are refused while Entra-only authentication is on.
 4. Refusals are ERROR 18456 class 14 with Azure's texts ("Login failed for user '<token-identified principal>'.",
    "... The server is not currently configured to accept this token.", "... Token is expired.", the Entra-only
    reason), then DONE with DONE_ERROR and close. Why a login was refused goes to the log, never a token or password.
 
-T-SQL: one ``SELECT`` of a list of ``CURRENT_USER``, ``USER_NAME()``, ``SUSER_SNAME()``, ``SUSER_SID()``,
-``DB_NAME()``, ``@@VERSION``, ``@@SERVERNAME``, integer and ``N'...'`` literals, ``NULL`` and ``CAST(<int> AS
-bit)``, each with an optional alias (``SUSER_SNAME()`` of a token session is the database user name: Azure's
-value is not emulated). A name alone or after EXEC is answered 2812 "Could not find stored
-procedure", anything else 102 "Incorrect syntax near ...", both leaving the session usable. Transactions
-(begin/commit/rollback requests) are acknowledged with descriptors and change nothing.
+After login each session runs SQL batches, RPCs (sp_prepexec, sp_prepare, sp_execute, sp_executesql,
+sp_unprepare) and transaction-manager requests through :class:`sqlsession.TsqlSession` (batches, transactions,
+permissions) on the statement subset of tsql.py. Databases, users and role memberships live in a SQLite catalog
+(sqlcatalog.py), one file per server, so they survive a restart. ``SUSER_SNAME()`` and ``login_name`` of a token
+session are the database user name (Azure's value, the Entra name, is not emulated).
 
-Not emulated: Entra groups (a member logging in through a ``TYPE = X`` user), logins in master and contained
-users with passwords, the ADAL/MSAL FEDAUTH workflows (``Authentication=ActiveDirectory...``: the driver fetching
-its own token), server firewall rules, the gateway's redirect, connection limits, every other statement, RPC
-(parameterised queries, ``sp_prepexec``) beyond an empty answer to the driver's ``sp_datatype_info*`` calls.
+Not emulated: Entra groups (a member logging in through a ``TYPE = X`` user), logins in master, the ADAL/MSAL
+FEDAUTH workflows (``Authentication=ActiveDirectory...``: the driver fetching its own token), server firewall rules,
+the gateway's redirect, connection limits, ``sp_describe_undeclared_parameters`` (answered with no rows, so pyodbc
+cannot bind a string parameter longer than 4000 characters), every other stored procedure (2812).
 """
 from __future__ import annotations
 
-import dataclasses
+import datetime
 import hmac
 import logging
-import re
-import secrets
+import pathlib
+import shutil
 import socket
 import socketserver
 import struct
+import tempfile
 import threading
 from typing import Callable
 
-from . import ca, tds
+from . import ca, sqlcatalog, sqlsession, tds
 from .config import HOST, LabPaths
+from .sqlcatalog import DatabaseUser
 from .tokens import Issuer, TokenError
+from .sqlsession import Principal, is_app
 
 LOG = logging.getLogger("azurelab.sqlserver")
 
 LOGIN_TIMEOUT_S = 30
 PROGRAM = "Microsoft SQL Server"
 PROGRAM_VERSION = (12, 0, 2000)  # what Azure SQL Database reports in LOGINACK and PRELOGIN
-VERSION_TEXT = ("Microsoft SQL Azure (RTM) - 12.0.2000.8 \n\tJan 1 2025 00:00:00 \n\t"
-                "Copyright (C) 2022 Microsoft Corporation\n")
 ADMIN_SID = b"\x01"  # the SID SQL Server gives its built-in administrator login
 TOKEN_PRINCIPAL = "<token-identified principal>"
 NOT_ACCEPTED = "The server is not currently configured to accept this token."
 ENTRA_ONLY = "Reason: Azure Active Directory only authentication is enabled. Please contact your system administrator."
-
-
-@dataclasses.dataclass
-class DatabaseUser:
-    """A database principal: ``type`` ``E`` (Entra user/app/MI), ``X`` (Entra group) or ``S`` (SQL user)."""
-
-    name: str
-    sid: bytes
-    type: str = "E"
+FIRST_SESSION_ID = 51  # SQL Server's user sessions start above the system ones
 
 
 class LoginRefused(Exception):
@@ -79,49 +72,72 @@ class LoginRefused(Exception):
 class SqlLab:
     """One Azure SQL logical server with its databases, bound to 127.0.0.1:``port`` at construction (0 = free port).
 
-    ``admin_login`` / ``admin_password``: the SQL-authentication server admin. ``entra_admin``: the GUID whose SID
-    is the server's Entra admin (client id of an app / MI, object id of a user), or None. ``entra_only()`` is
-    asked at every login (the ARM ``azureADOnlyAuthentications/Default`` flag). ``tenant_id``: tokens from another
-    tenant are refused when set. Users live in memory: :meth:`add_user`, :meth:`drop_user`, :meth:`users`.
+    ``admin_login`` / ``admin_password``: the SQL-authentication server admin. ``entra_admin()`` is asked at every
+    login: the GUID whose SID is the server's Entra admin (client id of an app / MI, object id of a user or group), or
+    None. ``entra_only()`` is asked at every login (the ARM ``azureADOnlyAuthentications/Default`` flag).
+    ``tenant_id``: tokens from another tenant are refused when set. ``catalog``: the SQLite file the databases persist
+    in (with its ``-wal`` / ``-shm`` companions; kept across restarts; None = a temporary file removed at
+    :meth:`shutdown`); ``databases`` are created in it when missing. ``resolve_principal(name, object_id)`` is the
+    directory lookup of ``CREATE USER ... FROM EXTERNAL PROVIDER``: a dict with ``object_id``, ``client_id`` (apps
+    and managed identities) and ``type`` (``User``, ``Group``, ``ServicePrincipal``, ``ManagedIdentity``), or None
+    when not found. ``directory_readers()``: whether the server's identity may read Entra (Directory Readers),
+    needed when the caller is an app or managed identity.
+
+    Seeding, outside any session: :meth:`add_user`, :meth:`add_sql_user`, :meth:`add_role_member`,
+    :meth:`drop_user`; reading: :meth:`users`, :meth:`role_members`.
     """
 
     def __init__(self, paths: LabPaths, issuer: Issuer, port: int, server_name: str, *, audience: str,
                  admin_login: str, admin_password: str, databases: tuple[str, ...] = (),
-                 entra_admin: str | None = None, entra_only: Callable[[], bool] = lambda: False,
-                 tenant_id: str | None = None):
+                 entra_admin: Callable[[], str | None] = lambda: None, entra_only: Callable[[], bool] = lambda: False,
+                 tenant_id: str | None = None, catalog: pathlib.Path | None = None,
+                 resolve_principal: Callable[[str | None, str | None], dict | None] | None = None,
+                 directory_readers: Callable[[], bool] = lambda: True):
         self.issuer = issuer
         self.audience = audience
         self.server_name = server_name
         self.admin_login = admin_login
         self._admin_password = admin_password
-        self.entra_admin_sid = tds.sid_of(entra_admin) if entra_admin else None
+        self.entra_admin = entra_admin
         self.entra_only = entra_only
         self.tenant_id = tenant_id
+        self.resolve_principal = resolve_principal
+        self.directory_readers = directory_readers
+        self._scratch = None if catalog else pathlib.Path(tempfile.mkdtemp(prefix="sqllab-"))
+        self.catalog = sqlcatalog.Catalog(catalog or self._scratch / "catalog.sqlite3", databases)
         self.tls = ca.server_context(paths, max_tls12=True)
         self.tls_strict = ca.server_context(paths)
         self.tls_strict.set_alpn_protocols(["tds/8.0"])
         self._lock = threading.Lock()
-        # Names compare case-insensitively, as under Azure's default collation: keyed by casefold().
-        self._database_names = {name.casefold(): name for name in ("master", *databases)}
-        self._databases: dict[str, dict[str, DatabaseUser]] = {key: {} for key in self._database_names}
+        self._sessions: dict[int, dict] = {}  # session_id -> its sys.dm_exec_sessions row
+        self._next_session_id = FIRST_SESSION_ID
         self._server = _Server((HOST, port), _Session)
         self._server.lab = self
         self.port = self._server.server_address[1]
         self._serving = False
 
+    # --- seeding -------------------------------------------------------------------------------------------------
     def add_user(self, database: str, name: str, sid: bytes, type_: str = "E") -> None:
-        """Add (or replace) a database user, as ``CREATE USER [name] WITH SID = 0x..., TYPE = E`` would."""
-        with self._lock:
-            self._databases[database.casefold()][name.casefold()] = DatabaseUser(name, bytes(sid), type_)
+        """Add (or replace) an Entra user, as ``CREATE USER [name] WITH SID = 0x..., TYPE = E`` (or X) would."""
+        self.catalog.add_user(database, name, sid, type_)
+
+    def add_sql_user(self, database: str, name: str, password: str, roles: tuple[str, ...] = ()) -> None:
+        """Add a contained user, as ``CREATE USER [name] WITH PASSWORD = '...'`` would, member of ``roles``."""
+        self.catalog.add_sql_user(database, name, password, roles)
+
+    def add_role_member(self, database: str, role: str, member: str) -> None:
+        """As ``ALTER ROLE [role] ADD MEMBER [member]`` would; :class:`sqlcatalog.SqlError` when either is unknown."""
+        self.catalog.add_role_member(database, role, member)
 
     def drop_user(self, database: str, name: str) -> None:
         """Remove a database user if present, as ``DROP USER IF EXISTS [name]`` would."""
-        with self._lock:
-            self._databases[database.casefold()].pop(name.casefold(), None)
+        self.catalog.drop_user(database, name)
 
     def users(self, database: str) -> list[DatabaseUser]:
-        with self._lock:
-            return list(self._databases[database.casefold()].values())
+        return self.catalog.users(database)
+
+    def role_members(self, database: str, role: str) -> list[str]:
+        return self.catalog.role_members(database, role)
 
     def serve_forever(self) -> None:
         self._serving = True
@@ -132,19 +148,44 @@ class SqlLab:
         if self._serving:
             self._server.shutdown()
         self._server.server_close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    # --- live sessions (sys.dm_exec_sessions) -----------------------------------------------------------------
+    def open_session(self, who: Principal, login: tds.Login7) -> int:
+        """Register a signed-in session; returns its session_id (@@SPID)."""
+        with self._lock:
+            session_id = self._next_session_id
+            self._next_session_id += 1
+            self._sessions[session_id] = {
+                "session_id": session_id, "login_time": datetime.datetime.now(datetime.timezone.utc),
+                "host_name": login.hostname, "program_name": login.app_name, "login_name": who.login,
+                "nt_user_name": None, "status": "sleeping", "is_user_process": True, "original_login_name": who.login,
+                "database_id": who.database_id,
+                # contained users authenticate in their database, the server's admins in master
+                "authenticating_database_id": 1 if who.principal_id == 1 else who.database_id}
+        return session_id
+
+    def close_session(self, session_id: int) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def live_sessions(self) -> list[dict]:
+        """The rows of ``sys.dm_exec_sessions``, keyed by its column names (``sqlcatalog.SESSION_COLUMNS``)."""
+        with self._lock:
+            return [dict(row) for row in self._sessions.values()]
 
     # --- login decisions ----------------------------------------------------------------------------------------
-    def _database(self, login: tds.Login7) -> str:
-        """The name of the database the login asks for (master when it names none), as the catalog spells it."""
-        key = (login.database or "master").casefold()
-        with self._lock:
-            if key not in self._databases:
-                raise LoginRefused(f"Cannot open database \"{login.database}\" requested by the login. "
-                                   f"The login failed.", f"no database {login.database!r}", number=4060)
-        return self._database_names[key]
+    def _database(self, login: tds.Login7) -> tuple[int, str]:
+        """``(database_id, name as the catalog spells it)`` of the login's database (master when it names none)."""
+        found = self.catalog.database(login.database or "master")
+        if found is None:
+            raise LoginRefused(f"Cannot open database \"{login.database}\" requested by the login. "
+                               f"The login failed.", f"no database {login.database!r}", number=4060)
+        return found
 
-    def token_login(self, login: tds.Login7) -> tuple[str, str, bytes]:
-        """``(database, user name, SID)`` for a FEDAUTH login, or :class:`LoginRefused`."""
+    def token_login(self, login: tds.Login7) -> Principal:
+        """Who a FEDAUTH login is, or :class:`LoginRefused`."""
         failed = f"Login failed for user '{TOKEN_PRINCIPAL}'."
         fedauth = login.fedauth
         if fedauth.library != tds.FEDAUTH_LIBRARY_SECURITYTOKEN:
@@ -160,31 +201,36 @@ class SqlLab:
             raise LoginRefused(f"{failed} {NOT_ACCEPTED}", exc.reason) from None
         if self.tenant_id and claims.get("tid") != self.tenant_id:
             raise LoginRefused(f"{failed} {NOT_ACCEPTED}", "token is from another tenant")
-        principal = claims.get("appid") or claims["oid"]
+        principal = claims.get("appid") if is_app(claims) else claims["oid"]
         try:
             sid = tds.sid_of(principal)
-        except ValueError:
+        except (ValueError, TypeError):
             raise LoginRefused(f"{failed} {NOT_ACCEPTED}", "principal id is not a GUID") from None
-        database = self._database(login)
-        if sid == self.entra_admin_sid:
-            return database, "dbo", sid
-        with self._lock:
-            candidates = self._databases[database.casefold()].values()
-            user = next((u for u in candidates if u.sid == sid and u.type == "E"), None)
+        database_id, database = self._database(login)
+        admin = self.entra_admin()
+        if admin and sid == tds.sid_of(admin):
+            return Principal(database, database_id, "dbo", 1, "dbo", sid, claims)
+        user = self.catalog.user_by_sid(database, sid)
         if user is None:
             raise LoginRefused(failed, f"no Entra user with SID 0x{sid.hex()} ({principal}) in {database}")
-        return database, user.name, sid
+        return Principal(database, database_id, user.name, user.principal_id, user.name, sid, claims)
 
-    def password_login(self, login: tds.Login7) -> tuple[str, str, bytes]:
-        """``(database, user name, SID)`` for SQL authentication, or :class:`LoginRefused`."""
+    def password_login(self, login: tds.Login7) -> Principal:
+        """Who a SQL-authentication login is (a contained user of the login's database, else the server admin)."""
         name = login.username.split("@", 1)[0]
         failed = f"Login failed for user '{login.username}'."
         if self.entra_only():
             raise LoginRefused(f"{failed} {ENTRA_ONLY}", "Entra-only authentication is on")
+        database_id, database = self._database(login)
+        if database_id != 1 and self.catalog.has_contained_user(database, name):
+            user = self.catalog.contained_user(database, name, login.password)
+            if user is None:
+                raise LoginRefused(failed, f"wrong password for contained user {name!r} of {database}")
+            return Principal(database, database_id, user.name, user.principal_id, user.name, user.sid)
         if name.casefold() != self.admin_login.casefold() or not hmac.compare_digest(
                 login.password.encode(), self._admin_password.encode()):
             raise LoginRefused(failed, "unknown login or wrong password")
-        return self._database(login), "dbo", ADMIN_SID
+        return Principal(database, database_id, "dbo", 1, login.username, ADMIN_SID)
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -193,20 +239,11 @@ class _Server(socketserver.ThreadingTCPServer):
     lab: SqlLab
 
 
-@dataclasses.dataclass
-class _Context:
-    """What a signed-in session knows about itself."""
-
-    database: str
-    user: str
-    login: str
-    sid: bytes
-
-
 class _Session(socketserver.BaseRequestHandler):
     """One client connection, from PRELOGIN to close."""
 
     server: _Server
+    _login7: tds.Login7
 
     def handle(self) -> None:
         lab = self.server.lab
@@ -248,7 +285,7 @@ class _Session(socketserver.BaseRequestHandler):
             channel.start_tls(lab.tls)
         return True
 
-    def _login(self, channel: tds.Channel, lab: SqlLab) -> _Context | None:
+    def _login(self, channel: tds.Channel, lab: SqlLab) -> Principal | None:
         """Negotiate, read LOGIN7, and answer with the login response or a refusal (then None)."""
         if not self._negotiate(channel, lab):
             return None
@@ -258,10 +295,7 @@ class _Session(socketserver.BaseRequestHandler):
         login = tds.parse_login7(payload)
         channel.packet_size = min(max(login.packet_size, 512), 32767) if login.packet_size else tds.DEFAULT_PACKET_SIZE
         try:
-            if login.fedauth is not None:
-                database, user, sid = lab.token_login(login)
-            else:
-                database, user, sid = lab.password_login(login)
+            who = lab.token_login(login) if login.fedauth is not None else lab.password_login(login)
         except LoginRefused as refused:
             LOG.info("%s: login refused: %s", lab.server_name, refused.reason)
             out = b""
@@ -271,10 +305,11 @@ class _Session(socketserver.BaseRequestHandler):
             out += tds.message(18456, refused.text, lab.server_name, state=refused.state, severity=14)
             channel.send_message(tds.TABULAR_RESULT, out + tds.done(tds.DONE_ERROR, curcmd=0))
             return None
+        self._login7 = login
         LOG.info("%s: %s signed in to %s as %s", lab.server_name,
-                 "token" if login.fedauth else "SQL login", database, user)
-        channel.send_message(tds.TABULAR_RESULT, self._login_response(lab, login, database, channel.packet_size))
-        return _Context(database, user, user if login.fedauth else login.username, sid)
+                 "token" if login.fedauth else "SQL login", who.database, who.user)
+        channel.send_message(tds.TABULAR_RESULT, self._login_response(lab, login, who.database, channel.packet_size))
+        return who
 
     @staticmethod
     def _login_response(lab: SqlLab, login: tds.Login7, database: str, packet_size: int) -> bytes:
@@ -292,111 +327,36 @@ class _Session(socketserver.BaseRequestHandler):
             out += tds.featureextack({tds.FEATURE_FEDAUTH: b""})
         return out + tds.done(curcmd=0)
 
-    def _serve(self, channel: tds.Channel, lab: SqlLab, context: _Context) -> None:
-        transaction = b""
-        while True:
-            kind, payload = channel.read_message()
-            if kind == tds.SQL_BATCH:
-                reply = _run_batch(tds.batch_text(payload), lab, context)
-            elif kind == tds.RPC:
-                reply = _run_rpc(tds.rpc_name(payload), lab)
-            elif kind == tds.TRANSACTION_MANAGER:
-                reply, transaction = _transaction(payload, transaction)
-            elif kind == tds.ATTENTION:
-                reply = tds.done(tds.DONE_ATTN, curcmd=0)
-            else:
-                raise tds.ProtocolError(f"packet type {kind:#x} is not emulated")
-            channel.send_message(tds.TABULAR_RESULT, reply)
+    def _serve(self, channel: tds.Channel, lab: SqlLab, who: Principal) -> None:
+        session_id = lab.open_session(who, self._login7)
+        session = sqlsession.TsqlSession(lab, who, session_id)
+        try:
+            while True:
+                kind, payload = channel.read_message()
+                if kind == tds.SQL_BATCH:
+                    reply = session.batch(tds.batch_text(payload))
+                elif kind == tds.RPC:
+                    reply = _rpc(session, payload, lab)
+                elif kind == tds.TRANSACTION_MANAGER:
+                    reply = session.transaction_manager(payload)
+                elif kind == tds.ATTENTION:
+                    reply = tds.done(tds.DONE_ATTN, curcmd=0)
+                else:
+                    raise tds.ProtocolError(f"packet type {kind:#x} is not emulated")
+                channel.send_message(tds.TABULAR_RESULT, reply)
+        finally:
+            session.close()
+            lab.close_session(session_id)
 
 
-def _transaction(payload: bytes, current: bytes) -> tuple[bytes, bytes]:
-    """Acknowledge begin / commit / rollback with the ENVCHANGEs the driver tracks; returns (reply, descriptor)."""
-    request, begin_after = tds.transaction_request(payload)
-    out = b""
-    if request in (tds.TM_COMMIT_XACT, tds.TM_ROLLBACK_XACT):
-        kind = tds.ENV_COMMIT_TRAN if request == tds.TM_COMMIT_XACT else tds.ENV_ROLLBACK_TRAN
-        out += tds.envchange(kind, b"", current)
-        current = b""
-    if request == tds.TM_BEGIN_XACT or begin_after:
-        current = secrets.token_bytes(8)
-        out += tds.envchange(tds.ENV_BEGIN_TRAN, current, b"")
-    return out + tds.done(curcmd=0), current
-
-
-def _run_rpc(name: str | int, lab: SqlLab) -> bytes:
-    if isinstance(name, str) and re.sub(r"[\[\]]", "", name).lower().rsplit(".", 1)[-1].startswith("sp_datatype_info"):
-        return tds.returnstatus(0) + tds.done(token=0xFE, curcmd=0xE0)
-    label = name if isinstance(name, str) else f"ProcID {name}"
-    LOG.info("%s: RPC %s is not emulated", lab.server_name, label)
-    return (tds.message(2812, f"Could not find stored procedure '{label}'.", lab.server_name, state=62)
-            + tds.done(tds.DONE_ERROR, token=0xFE, curcmd=0xE0))
-
-
-# One select-list item: an expression and an optional alias, then a comma or the end.
-_ITEM = re.compile(r"""\s*(?P<expr>CURRENT_USER|USER_NAME\(\s*\)|SUSER_SNAME\(\s*\)|SUSER_SID\(\s*\)|DB_NAME\(\s*\)
-                   |@@VERSION|@@SERVERNAME|NULL|-?\d+|N'(?:[^']|'')*'|CAST\(\s*(?P<bit>[01])\s+AS\s+BIT\s*\))
-                   (?:\s+AS)?(?:\s+(?P<alias>\[(?:[^\]]|\]\])+\]|[A-Za-z_]\w*))?\s*(?:,|$)""", re.I | re.X)
-_SELECT = re.compile(r"\s*SELECT\s+(?P<list>.*?)\s*;?\s*", re.I | re.S)
-_PROC = re.compile(r"\s*(?:EXEC(?:UTE)?\s+)?(?P<name>[\w.\[\]]+)\s*;?\s*", re.I)
-_KEYWORDS = {"select", "insert", "update", "delete", "create", "drop", "alter", "with", "declare", "set", "if",
-             "begin", "grant", "revoke", "deny", "use"}
-
-
-def _run_batch(text: str, lab: SqlLab, context: _Context) -> bytes:
-    """Run one statement of the emulated subset; anything else is answered with a SQL Server error."""
-    select = _SELECT.fullmatch(text)
-    if select:
-        columns, row = _select_list(select["list"], lab, context)
-        if columns:
-            return tds.result_set(columns, [row]) + tds.done(tds.DONE_COUNT, rows=1)
-    proc = _PROC.fullmatch(text)
-    if proc and proc["name"].lower() not in _KEYWORDS:
-        name = proc["name"].strip("[]")
-        return (tds.message(2812, f"Could not find stored procedure '{name}'.", lab.server_name, state=62)
-                + tds.done(tds.DONE_ERROR, curcmd=0))
-    LOG.info("%s: statement not emulated: %.200r", lab.server_name, text)
-    words = text.split()
-    near = words[1] if len(words) > 1 else (words[0] if words else "")
-    return (tds.message(102, f"Incorrect syntax near '{near}'.", lab.server_name, severity=15)
-            + tds.done(tds.DONE_ERROR, curcmd=0))
-
-
-def _select_list(text: str, lab: SqlLab, context: _Context) -> tuple[list[tds.Column], tuple]:
-    """Columns and the single row of a select list, or ``([], ())`` when it is outside the subset."""
-    columns, values, pos = [], [], 0
-    while pos < len(text):
-        item = _ITEM.match(text, pos)
-        if not item or item.end() == pos:
-            return [], ()
-        pos = item.end()
-        column, value = _expression(item, lab, context)
-        alias = item["alias"]
-        if alias:
-            column = dataclasses.replace(column, name=alias[1:-1].replace("]]", "]") if alias[0] == "[" else alias)
-        columns.append(column)
-        values.append(value)
-    return columns, tuple(values)
-
-
-def _expression(item: re.Match, lab: SqlLab, context: _Context) -> tuple[tds.Column, object]:
-    expr = re.sub(r"\s+", "", item["expr"]).upper()
-    if expr in ("CURRENT_USER", "USER_NAME()"):
-        return tds.nvarchar(""), context.user
-    if expr == "SUSER_SNAME()":
-        return tds.nvarchar(""), context.login
-    if expr == "SUSER_SID()":
-        return tds.Column("", "varbinary", 85), context.sid
-    if expr == "DB_NAME()":
-        return tds.nvarchar(""), context.database
-    if expr == "@@VERSION":
-        return tds.nvarchar("", 300), VERSION_TEXT
-    if expr == "@@SERVERNAME":
-        return tds.nvarchar(""), lab.server_name
-    if expr == "NULL":
-        return tds.Column("", "int"), None
-    if item["bit"] is not None:
-        return tds.Column("", "bit"), item["bit"] == "1"
-    if expr.startswith("N'"):
-        value = item["expr"][2:-1].replace("''", "'")
-        return tds.nvarchar("", max(len(value), 1)), value
-    return tds.Column("", "int"), int(expr)
+def _rpc(session: sqlsession.TsqlSession, payload: bytes, lab: SqlLab) -> bytes:
+    """An RPC request; a parameter type the parser does not read is SQL Server's 8009, the session stays usable."""
+    try:
+        request = tds.parse_rpc(payload)
+    except tds.UnsupportedType as exc:
+        LOG.info("%s: RPC parameter type %#04x is not emulated", lab.server_name, exc.type_id)
+        return (tds.message(8009, f"The incoming tabular data stream (TDS) remote procedure call (RPC) protocol "
+                                  f"stream is incorrect. Parameter {exc.ordinal} (\"{exc.name}\"): Data type "
+                                  f"0x{exc.type_id:02X} is unknown.", lab.server_name)
+                + tds.done(tds.DONE_ERROR, token=0xFE, curcmd=0xE0))
+    return session.rpc(request)

@@ -9,21 +9,26 @@ What is here, with the MS-TDS section each part follows (the wire facts are in .
 - PRELOGIN parsing and building (2.2.6.5).
 - LOGIN7 parsing (2.2.6.4) including the feature-extension block, FEDAUTH with a security token
   (2.2.6.4 FEDAUTH, library 0x01) and the SQL-authentication password obfuscation.
-- SQL batch text (2.2.6.7, after ALL_HEADERS 2.2.5.3), the name of an RPC (2.2.6.6) and the request type of a
-  transaction-manager request (2.2.6.9).
+- SQL batch text (2.2.6.7, after ALL_HEADERS 2.2.5.3), the request type of a transaction-manager request (2.2.6.9)
+  and RPC requests (2.2.6.6) with their parameters (:func:`parse_rpc`): NVARCHAR/NCHAR, VARCHAR/CHAR, BIGVARBINARY/
+  BIGBINARY (each also as PLP ``(max)`` values, 2.2.5.2.3), INTN and the fixed ints, BIT/BITN, FLTN, DECIMALN/
+  NUMERICN, GUID, NULL.
 - Token writers (2.2.7): LOGINACK, ENVCHANGE, INFO, ERROR, FEATUREEXTACK, DONE/DONEPROC/DONEINPROC,
-  RETURNSTATUS, and COLMETADATA + ROW for NVARCHAR, INT, VARBINARY and BIT columns (all nullable).
+  RETURNSTATUS, RETURNVALUE (int), and COLMETADATA (or NoMetaData) + ROW for NVARCHAR, INTN (4 and 8), FLTN,
+  DATETIMN, VARBINARY and BIT columns (all nullable).
 
 TDS 8.0 (``Encrypt=strict``: TLS first, ALPN ``tds/8.0``, then PRELOGIN inside it) uses the same channel.
 
 Not emulated: login-only encryption (the double always
 encrypts the whole session, as Azure SQL does), MARS / SMP, the ADAL/MSAL FEDAUTH workflows (FEDAUTHINFO, the
-driver fetching its own token), SSPI, session recovery, NBCROW, PLP (``(max)``) and every other data type, RPC
-parameters, column encryption, data classification.
+driver fetching its own token), SSPI, session recovery, NBCROW, PLP (``(max)``) result columns, the date and time
+parameter types, TEXT/NTEXT/IMAGE, XML, UDT and sql_variant parameters, RPC batches after the first, column
+encryption, data classification.
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import socket
 import ssl
 import struct
@@ -334,6 +339,143 @@ def rpc_name(payload: bytes) -> str | int:
     return payload[pos + 2:pos + 2 + 2 * length].decode("utf-16-le", errors="replace")
 
 
+# Well-known RPC ProcIDs (2.2.6.6)
+SP_EXECUTESQL, SP_PREPARE, SP_EXECUTE, SP_PREPEXEC, SP_UNPREPARE = 10, 11, 12, 13, 15
+RPC_NO_METADATA = 0x02  # OptionFlags fNoMetaData: answer COLMETADATA with NoMetaData (0xFFFF)
+
+
+@dataclasses.dataclass
+class RpcParam:
+    """One RPC parameter: ``name`` ("" when unnamed), ``output`` (by reference), the decoded ``value``.
+
+    Values: NVARCHAR / VARCHAR / NCHAR / CHAR -> str, BIGVARBINARY / BIGBINARY -> bytes, INTN and fixed ints -> int,
+    BIT / BITN -> bool, FLTN / FLT4 / FLT8 -> float, DECIMALN / NUMERICN -> int or float, GUID -> its 16 wire
+    bytes (SQL Server's uniqueidentifier byte order), NULL -> None.
+    """
+
+    name: str
+    output: bool
+    value: object
+    type_id: int
+
+
+@dataclasses.dataclass
+class RpcRequest:
+    """An RPC request (2.2.6.6): the procedure (name or ProcID), its OptionFlags and parameters (first batch only)."""
+
+    proc: str | int
+    flags: int
+    params: list[RpcParam]
+
+
+class UnsupportedType(ProtocolError):
+    """A parameter of a TDS type the parser does not decode (the server answers SQL Server's error 8009)."""
+
+    def __init__(self, ordinal: int, name: str, type_id: int):
+        super().__init__(f"parameter {ordinal} type {type_id:#04x}")
+        self.ordinal, self.name, self.type_id = ordinal, name, type_id
+
+
+_FIXED_TYPES = {0x1F: 0, 0x30: 1, 0x32: 1, 0x34: 2, 0x38: 4, 0x7F: 8, 0x3B: 4, 0x3E: 8}  # NULL, INT1..8, BIT, FLT4/8
+_BYTELEN_TYPES = {0x26, 0x68, 0x6D, 0x24, 0x6A, 0x6C}  # INTN, BITN, FLTN, GUID, DECIMALN, NUMERICN
+_CHAR_TYPES = {0xA7, 0xAF, 0xE7, 0xEF}  # BIGVARCHAR, BIGCHAR, NVARCHAR, NCHAR: USHORT length + collation
+_BINARY_TYPES = {0xA5, 0xAD}  # BIGVARBINARY, BIGBINARY
+PLP_NULL = 0xFFFFFFFFFFFFFFFF
+
+
+class _Reader:
+    def __init__(self, data: bytes, pos: int):
+        self.data, self.pos = data, pos
+
+    def take(self, size: int) -> bytes:
+        if self.pos + size > len(self.data):
+            raise ProtocolError("RPC request out of bounds")
+        chunk = self.data[self.pos:self.pos + size]
+        self.pos += size
+        return chunk
+
+    def unpack(self, fmt: str):
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))[0]
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.data)
+
+
+def parse_rpc(payload: bytes) -> RpcRequest:
+    """Read an RPC request; raises :class:`UnsupportedType` for a parameter type outside the list of RpcParam."""
+    reader = _Reader(payload, _skip_all_headers(payload))
+    length = reader.unpack("H")
+    proc: str | int = reader.unpack("H") if length == 0xFFFF else reader.take(2 * length).decode("utf-16-le")
+    flags = reader.unpack("H")
+    params = []
+    while not reader.at_end() and reader.data[reader.pos] not in (0x80, 0xFF):  # batch separators end the first call
+        name = reader.take(2 * reader.unpack("B")).decode("utf-16-le")
+        status = reader.unpack("B")
+        type_id = reader.unpack("B")
+        params.append(RpcParam(name, bool(status & 0x01), _read_value(reader, type_id, len(params) + 1, name),
+                               type_id))
+    return RpcRequest(proc, flags, params)
+
+
+def _read_value(reader: _Reader, type_id: int, ordinal: int, name: str):
+    """TYPE_INFO (after its type byte) then the value, decoded."""
+    if type_id in _FIXED_TYPES:
+        raw = reader.take(_FIXED_TYPES[type_id])
+        return _decode_number(type_id, raw)
+    if type_id in _BYTELEN_TYPES:
+        reader.unpack("B")  # maximum length
+        scale = 0
+        if type_id in (0x6A, 0x6C):
+            reader.unpack("B")  # precision
+            scale = reader.unpack("B")
+        raw = reader.take(reader.unpack("B"))
+        if not raw:
+            return None
+        if type_id in (0x6A, 0x6C):  # sign byte (1 = positive), then the magnitude little-endian
+            number = int.from_bytes(raw[1:], "little") * (1 if raw[0] else -1)
+            return number if scale == 0 else number / 10 ** scale
+        return raw if type_id == 0x24 else _decode_number(type_id, raw)
+    if type_id in _CHAR_TYPES or type_id in _BINARY_TYPES:
+        max_length = reader.unpack("H")
+        collation = reader.take(5) if type_id in _CHAR_TYPES else b""
+        raw = _read_plp(reader) if max_length == 0xFFFF else _read_ushort_bytes(reader)
+        if raw is None or type_id in _BINARY_TYPES:
+            return raw
+        if type_id in (0xE7, 0xEF):
+            return raw.decode("utf-16-le")
+        # fUTF8 is bit 26 of the collation's first DWORD; otherwise Latin1_General's code page
+        utf8 = int.from_bytes(collation[:4], "little") >> 26 & 1
+        return raw.decode("utf-8" if utf8 else "cp1252", errors="replace")
+    raise UnsupportedType(ordinal, name, type_id)
+
+
+def _decode_number(type_id: int, raw: bytes):
+    if type_id == 0x1F:
+        return None
+    if type_id in (0x32, 0x68):
+        return raw != b"\0"
+    if type_id in (0x3B, 0x3E, 0x6D):
+        return struct.unpack("<f" if len(raw) == 4 else "<d", raw)[0]
+    return int.from_bytes(raw, "little", signed=len(raw) > 1)  # INT1 (tinyint) is unsigned
+
+
+def _read_ushort_bytes(reader: _Reader) -> bytes | None:
+    length = reader.unpack("H")
+    return None if length == 0xFFFF else reader.take(length)
+
+
+def _read_plp(reader: _Reader) -> bytes | None:
+    """A PLP value (2.2.5.2.3): UINT64 total (or PLP_NULL), then chunks (UINT32 length + data) up to a 0 length."""
+    if reader.unpack("Q") == PLP_NULL:
+        return None
+    chunks = []
+    while True:
+        size = reader.unpack("I")
+        if size == 0:
+            return b"".join(chunks)
+        chunks.append(reader.take(size))
+
+
 def transaction_request(payload: bytes) -> tuple[int, bool]:
     """``(request type, begin a new transaction afterwards)`` of a transaction-manager request.
 
@@ -400,9 +542,17 @@ def returnstatus(value: int = 0) -> bytes:
     return struct.pack("<Bi", 0x79, value)
 
 
+def returnvalue(ordinal: int, name: str, value: int | None) -> bytes:
+    """RETURNVALUE (0xAC, 2.2.7.19) of an int output parameter, e.g. the handle sp_prepexec returns."""
+    data = b"\x00" if value is None else b"\x04" + struct.pack("<i", value)
+    return (b"\xac" + struct.pack("<H", ordinal) + b_varchar(name) + b"\x01" + struct.pack("<IH", 0, 0x0001)
+            + b"\x26\x04" + data)
+
+
 @dataclasses.dataclass(frozen=True)
 class Column:
-    """A result column: ``kind`` is ``nvarchar`` (``size`` in characters), ``int``, ``varbinary`` (bytes) or ``bit``."""
+    """A result column: ``kind`` is ``nvarchar`` (``size`` in characters, at most 4000), ``int``, ``bigint``,
+    ``varbinary`` (``size`` in bytes, at most 8000), ``bit``, ``float`` or ``datetime``."""
 
     name: str
     kind: str
@@ -413,12 +563,18 @@ def nvarchar(name: str, size: int = 128) -> Column:
     return Column(name, "nvarchar", size)
 
 
-def result_set(columns: list[Column], rows: list[tuple]) -> bytes:
-    """COLMETADATA then one ROW per tuple (``None`` is NULL); follow it with :func:`done` and the row count."""
-    meta = bytearray(b"\x81" + struct.pack("<H", len(columns)))
-    for column in columns:
-        meta += struct.pack("<IH", 0, 0x0001)  # UserType, Flags: nullable
-        meta += _type_info(column) + b_varchar(column.name)
+def result_set(columns: list[Column], rows: list[tuple], metadata: bool = True) -> bytes:
+    """COLMETADATA then one ROW per tuple (``None`` is NULL); follow it with :func:`done` and the row count.
+
+    ``metadata=False`` sends COLMETADATA's NoMetaData (count 0xFFFF), as for an RPC with fNoMetaData.
+    """
+    if metadata:
+        meta = bytearray(b"\x81" + struct.pack("<H", len(columns)))
+        for column in columns:
+            meta += struct.pack("<IH", 0, 0x0001)  # UserType, Flags: nullable
+            meta += _type_info(column) + b_varchar(column.name)
+    else:
+        meta = bytearray(b"\x81\xff\xff")
     out = bytearray(meta)
     for row in rows:
         if len(row) != len(columns):
@@ -432,6 +588,12 @@ def _type_info(column: Column) -> bytes:
         return b"\xe7" + struct.pack("<H", 2 * column.size) + COLLATION
     if column.kind == "int":
         return b"\x26\x04"
+    if column.kind == "bigint":
+        return b"\x26\x08"
+    if column.kind == "float":
+        return b"\x6d\x08"
+    if column.kind == "datetime":
+        return b"\x6f\x08"
     if column.kind == "varbinary":
         return b"\xa5" + struct.pack("<H", column.size)
     if column.kind == "bit":
@@ -447,9 +609,29 @@ def _value(column: Column, value) -> bytes:
         return struct.pack("<H", len(data)) + data
     if column.kind == "varbinary":
         return b"\xff\xff" if value is None else struct.pack("<H", len(value)) + bytes(value)
+    if value is None:
+        return b"\x00"
     if column.kind == "int":
-        return b"\x00" if value is None else b"\x04" + struct.pack("<i", value)
-    return b"\x00" if value is None else b"\x01" + bytes([1 if value else 0])
+        return b"\x04" + struct.pack("<i", value)
+    if column.kind == "bigint":
+        return b"\x08" + struct.pack("<q", value)
+    if column.kind == "float":
+        return b"\x08" + struct.pack("<d", value)
+    if column.kind == "datetime":
+        return b"\x08" + _datetime(value)
+    return b"\x01" + bytes([1 if value else 0])
+
+
+_EPOCH_1900 = datetime.datetime(1900, 1, 1)
+
+
+def _datetime(value: datetime.datetime) -> bytes:
+    """DATETIME (2.2.5.5.1.8): days since 1900-01-01, then 1/300 seconds since midnight."""
+    value = value.replace(tzinfo=None)
+    delta = value - _EPOCH_1900
+    midnight = value.replace(hour=0, minute=0, second=0, microsecond=0)
+    ticks = round((value - midnight).total_seconds() * 300)
+    return struct.pack("<iI", delta.days, ticks)
 
 
 def sid_of(guid: str) -> bytes:

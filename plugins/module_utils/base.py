@@ -68,6 +68,9 @@ class MIModule:
     def __init__(self, argument_spec, azure=True, **kwargs):
         spec = dict(argument_spec)
         if azure:
+            clash = sorted(set(spec) & set(AZURE_ARGUMENT_SPEC))
+            if clash:  # a module option must never silently become an auth option (or the reverse)
+                raise ValueError("options %s clash with the shared Azure auth options" % ", ".join(clash))
             spec.update(AZURE_ARGUMENT_SPEC)
         self.module = AnsibleModule(argument_spec=spec, supports_check_mode=True, **kwargs)
         self.params = self.module.params

@@ -20,31 +20,75 @@ description:
 author: csa-inabox core team (@csa-inabox)
 options:
   database_type:
-    description: Kind of database. PostgreSQL for now.
+    description: Kind of database.
     type: str
-    choices: [postgres]
+    choices: [postgres, sql]
     default: postgres
+  host:
+    description: Server host name (C(<server>.postgres.database.azure.com), C(<server>.database.windows.net)).
+    type: str
+    required: true
+  port:
+    description: Server port. Defaults to 5432 for PostgreSQL and 1433 for Azure SQL.
+    type: int
   database:
     description: Database to connect to.
     type: str
     required: true
   user:
-    description: User name to connect as. For PostgreSQL, the role created for the identity.
+    description:
+      - User name to connect as, for PostgreSQL (the role created for the identity). Required for PostgreSQL.
+      - Azure SQL takes the user from the token; there it is only the default of O(expected_user).
     type: str
-    required: true
   query:
     description:
-      - Query to run after connecting; its first row is returned.
-      - It runs as a single prepared statement in a read-only transaction that is rolled back, so it cannot change
-        anything (several statements separated by C(;) are refused).
+      - Query to run after connecting; its first row is returned. Defaults to C(SELECT current_user) (PostgreSQL) or
+        C(SELECT CURRENT_USER) (Azure SQL).
+      - PostgreSQL runs it as a single prepared statement in a read-only transaction that is rolled back, so it cannot
+        change anything (several statements separated by C(;) are refused).
+      - Azure SQL has no read-only transactions, so the module refuses, before connecting, anything but one C(SELECT)
+        without writing keywords (C(INTO), C(EXEC), ...); it runs in a transaction that is rolled back.
     type: str
-    default: SELECT current_user
   expected_user:
     description: Fail unless the database reports this C(current_user). Defaults to O(user).
     type: str
+  connect_timeout:
+    description: Seconds to wait for the connection.
+    type: int
+    default: 15
+  ssl_mode:
+    description: PostgreSQL only. libpq C(sslmode); Azure requires TLS, C(verify-full) also checks the server's name.
+    type: str
+    default: verify-full
+    choices: [require, verify-ca, verify-full]
+  ssl_root_cert:
+    description: PostgreSQL only. CA bundle to verify the server with (default libpq's).
+    type: path
+  driver:
+    description:
+      - Azure SQL only. Client library; V(auto) takes pyodbc when Microsoft ODBC Driver 18 is registered, else
+        mssql-python.
+    type: str
+    default: auto
+    choices: [auto, pyodbc, mssql-python]
+  odbc_driver:
+    description: Azure SQL only. ODBC driver name for V(pyodbc).
+    type: str
+    default: ODBC Driver 18 for SQL Server
+  encrypt:
+    description: Azure SQL only. C(Encrypt) of the connection (V(strict) is TDS 8.0).
+    type: str
+    default: "yes"
+    choices: ["yes", strict]
+  trust_server_certificate:
+    description: Azure SQL only. Accept the server certificate unchecked (diagnosis only).
+    type: bool
+    default: false
+requirements:
+  - psycopg >= 3.2 (PostgreSQL)
+  - pyodbc and Microsoft ODBC Driver 18 for SQL Server, or mssql-python (Azure SQL)
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
-  - csa_inabox.managed_identity.postgres
   - csa_inabox.managed_identity.attributes.read_only
 """
 
@@ -58,11 +102,20 @@ EXAMPLES = r"""
     auth_source: managed_identity
     query: SELECT count(*) FROM orders.orders
   register: login
+
+- name: Verify as the inventory API against Azure SQL (the user comes from the token)
+  csa_inabox.managed_identity.mi_login_check:
+    database_type: sql
+    host: sql-prod.database.windows.net
+    database: appdb
+    expected_user: mi-inventory-api
+    client_id: "{{ identity.identity.client_id }}"
+    auth_source: managed_identity
 """
 
 RETURN = r"""
 connected_as:
-  description: What the database reported as C(current_user).
+  description: What the database reported as C(current_user) (C(CURRENT_USER) on Azure SQL).
   returned: success
   type: str
   sample: mi-orders-api
@@ -79,6 +132,10 @@ row:
   returned: success
   type: list
   elements: raw
+driver:
+  description: Azure SQL only. The client library used, V(pyodbc) or V(mssql-python).
+  returned: success, with O(database_type=sql)
+  type: str
 elapsed_ms:
   description: Time to get the token, connect and query, in milliseconds.
   returned: success
@@ -90,6 +147,7 @@ import json
 import time
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import postgres as pg
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import sqlserver as sql
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
 
 
@@ -102,29 +160,16 @@ def object_id_of(token):
         return None
 
 
-def main():
-    mod = MIModule(dict(
-        database_type=dict(type="str", default="postgres", choices=["postgres"]),
-        database=dict(type="str", required=True),
-        user=dict(type="str", required=True),
-        query=dict(type="str", default="SELECT current_user"),
-        expected_user=dict(type="str"),
-        **pg.SERVER_ARGUMENT_SPEC
-    ))
+def check_postgres(mod, token):
+    """``(connected_as, first row, extra result)`` over psycopg; the query runs read-only and is rolled back."""
     params = mod.params
-    started = time.monotonic()
-    try:
-        access = mod.credential.get_token(mod.cloud.scope("postgres"))
-    except Exception as exc:  # azure-identity raises several unrelated types
-        mod.fail("no token for the PostgreSQL audience from this host's credential (auth_source=%s)"
-                 % params["auth_source"], exc)
     try:
         import psycopg  # pylint: disable=import-outside-toplevel
     except ImportError:
         from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
         mod.module.fail_json(msg=missing_required_lib("psycopg"))
     try:
-        with pg.connect(params["host"], params["port"], params["database"], params["user"], access.token,
+        with pg.connect(params["host"], params["port"], params["database"], params["user"], token,
                         params["ssl_mode"], params["ssl_root_cert"], params["connect_timeout"]) as conn:
             conn.read_only = True
             with conn.cursor() as cur:
@@ -132,17 +177,85 @@ def main():
                 connected_as = cur.fetchone()[0]
                 # A prepared statement is one statement: "SELECT 1; COMMIT; DROP ..." is refused by the server,
                 # so the query cannot leave the read-only transaction. Nothing is committed either way.
-                cur.execute(params["query"], prepare=True)
+                cur.execute(params["query"] or "SELECT current_user", prepare=True)
                 row = cur.fetchone() if cur.description else None
             conn.rollback()
     except psycopg.Error as exc:
-        target = "%s:%s/%s" % (params["host"], params["port"], params["database"])
-        mod.fail("login as %s to %s failed" % (params["user"], target), exc, token_object_id=object_id_of(access.token))
+        raise LoginFailed(exc)
+    return connected_as, row, {}
+
+
+def check_sql(mod, token):
+    """``(connected_as, first row, extra result)`` over pyodbc or mssql-python; the query is rolled back."""
+    params = mod.params
+    try:
+        conn, driver = sql.connect_with(params, token)
+    except sql.DriverMissing as exc:
+        mod.fail(str(exc))
+    except Exception as exc:  # the driver's own error types: pyodbc.Error, mssql_python.Error
+        raise LoginFailed(exc)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT CURRENT_USER")
+        connected_as = cur.fetchone()[0]
+        cur.execute(params["query"] or "SELECT CURRENT_USER")
+        row = cur.fetchone() if cur.description else None
+        conn.rollback()
+    except sql.driver_errors(driver) as exc:
+        raise LoginFailed(exc)
+    finally:
+        conn.close()
+    return connected_as, row, {"driver": driver}
+
+
+class LoginFailed(Exception):
+    """The database refused the login or the query; carries the driver's exception."""
+
+
+def main():
+    mod = MIModule(dict(
+        database_type=dict(type="str", default="postgres", choices=["postgres", "sql"]),
+        host=dict(type="str", required=True),
+        port=dict(type="int"),
+        database=dict(type="str", required=True),
+        user=dict(type="str"),
+        query=dict(type="str"),
+        expected_user=dict(type="str"),
+        connect_timeout=dict(type="int", default=15),
+        ssl_mode=dict(type="str", default="verify-full", choices=["require", "verify-ca", "verify-full"]),
+        ssl_root_cert=dict(type="path"),
+        driver=dict(type="str", default="auto", choices=["auto", "pyodbc", "mssql-python"]),
+        odbc_driver=dict(type="str", default="ODBC Driver 18 for SQL Server"),
+        encrypt=dict(type="str", default="yes", choices=["yes", "strict"]),
+        trust_server_certificate=dict(type="bool", default=False),
+    ), required_if=[("database_type", "postgres", ["user"])])
+    params = mod.params
+    is_sql = params["database_type"] == "sql"
+    params["port"] = params["port"] or (1433 if is_sql else 5432)
+    if is_sql and params["query"]:
+        problem = sql.read_only_problem(params["query"])
+        if problem:
+            mod.fail("query is refused: %s. The check only reads" % problem)
     expected = params["expected_user"] or params["user"]
+    if is_sql and not expected:
+        mod.fail("expected_user (or user) is required for database_type=sql: the name the identity's database user has")
+    service = "sql" if is_sql else "postgres"
+    started = time.monotonic()
+    try:
+        access = mod.credential.get_token(mod.cloud.scope(service))
+    except Exception as exc:  # azure-identity raises several unrelated types
+        mod.fail("no token for the %s audience from this host's credential (auth_source=%s)"
+                 % (service, params["auth_source"]), exc)
+    try:
+        connected_as, row, extra = (check_sql if is_sql else check_postgres)(mod, access.token)
+    except LoginFailed as failed:
+        target = "%s:%s/%s" % (params["host"], params["port"], params["database"])
+        who = "the token's identity" if is_sql else params["user"]
+        mod.fail("login as %s to %s failed" % (who, target), failed.args[0], token_object_id=object_id_of(access.token))
     plain = [v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for v in (row or [])]
     result = dict(connected_as=connected_as, token_object_id=object_id_of(access.token),
                   token_expires_on=int(access.expires_on), row=plain,
-                  elapsed_ms=int((time.monotonic() - started) * 1000))
+                  elapsed_ms=int((time.monotonic() - started) * 1000), **extra)
     if connected_as != expected:
         mod.fail("connected as %r, expected %r" % (connected_as, expected), **result)
     mod.exit(False, **result)

@@ -20,22 +20,10 @@ description:
     collection never handles.
   - The Vault token is read inside the module from C(VAULT_TOKEN) or O(token_file); it is never an option.
 extends_documentation_fragment:
+  - csa_inabox.managed_identity.vault
   - csa_inabox.managed_identity.attributes
 author: csa-inabox core team (@csa-inabox)
 options:
-  url:
-    description: Vault / OpenBao address. Defaults to C(VAULT_ADDR).
-    type: str
-  token_file:
-    description: File holding the token when C(VAULT_TOKEN) is not set.
-    type: path
-    default: ~/.vault-token
-  ca_cert:
-    description: CA bundle for Vault's TLS certificate. Defaults to C(VAULT_CACERT), then the system's.
-    type: path
-  namespace:
-    description: Vault Enterprise namespace. Defaults to C(VAULT_NAMESPACE).
-    type: str
   mount:
     description: Mount point of the database secrets engine.
     type: str
@@ -65,8 +53,6 @@ options:
     description: Delete the role's database connection when no other role (dynamic or static) uses it any more.
     type: bool
     default: false
-requirements:
-  - hvac >= 2.3
 """
 
 EXAMPLES = r"""

@@ -25,15 +25,18 @@ import urllib.request
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VENV_BIN = pathlib.Path(sys.executable).parent
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+")
+# The default lab (LAB_PORT_BASE 47000) and the shared ones: never taken by a test lab, even while they are down.
+RESERVED_PORTS = range(46000, 47100)
 
 
-def free_base(span: int = 6) -> int:
-    """A port base whose ports base+1 .. base+span are all free (a whole lab: 6, OpenBao's cluster port included)."""
+def free_base(span: int = 8) -> int:
+    """A port base whose ports base+1 .. base+span are all free (a whole lab: 8, OpenBao's cluster port and the two
+    Azure SQL servers included)."""
     for _attempt in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             base = probe.getsockname()[1] - 1
-        if base + span > 65000:
+        if base + span > 65000 or any(base + offset in RESERVED_PORTS for offset in range(1, span + 1)):
             continue
         try:
             for offset in range(1, span + 1):
@@ -116,3 +119,27 @@ def running_lab():
                        env=dict(os.environ, LAB_STATE_DIR=str(state), LAB_PORT_BASE=str(running.base),
                                 PYTHONPATH=str(REPO / "lab")), check=False)
         shutil.rmtree(state, ignore_errors=True)
+
+
+SUBSCRIPTION = "2b6e3f4a-8c1d-4e9f-b7a2-5c0d9e8f1a23"
+TENANT = "7f0c6a9e-3b1d-4c55-9a8e-2d6f1b0c4e11"
+
+
+def run_module(lab: RunningLab, module: str, check: bool = False, env: dict | None = None, **args) -> dict:
+    """Run one module on localhost (``ansible localhost -m ...``) with the lab's control-node environment, updated
+    with ``env``; returns its result dict. Azure modules get the lab cloud; nothing secret is passed or printed."""
+    if not module.startswith("vault_"):
+        args = dict(dict(cloud_environment="custom", subscription_id=SUBSCRIPTION, tenant_id=TENANT,
+                         cloud_endpoints={"resource_manager": f"https://127.0.0.1:{lab.base + 2}",
+                                          "authority_host": f"https://127.0.0.1:{lab.base + 1}",
+                                          "resource_manager_audience": "https://management.azure.com/"}), **args)
+    command = [str(VENV_BIN / "ansible"), "localhost", "-m", f"csa_inabox.managed_identity.{module}",
+               "-a", json.dumps(args)] + (["--check", "--diff"] if check else [])
+    with tempfile.TemporaryDirectory() as tree:  # the tree callback writes each host's result as JSON
+        run_env = dict(lab.env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
+                       ANSIBLE_CALLBACK_TREE_DIR=tree, **(env or {}))
+        run = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=120, check=False)
+        lab.assert_no_secret_in(run.stdout + run.stderr)
+        result = json.loads(pathlib.Path(tree, "localhost").read_text())
+    result.setdefault("failed", run.returncode != 0)  # the tree callback leaves `failed` out
+    return result

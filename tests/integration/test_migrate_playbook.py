@@ -5,16 +5,26 @@ them on one worker).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import subprocess
+import sys
 
 import psycopg
 import pytest
 
-from labrunner import REPO
+from labrunner import REPO, run_module
 
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-APPS = {"orders-api": "mi-orders-api", "reports": "mi-reports", "billing-worker": "mi-billing-worker"}
+PG_APPS = {"orders-api": "mi-orders-api", "reports": "mi-reports", "billing-worker": "mi-billing-worker"}
+SQL_APPS = {"inventory-api": "mi-inventory-api", "audit-reader": "mi-audit-reader", "ledger": "mi-ledger"}
+APPS = {**PG_APPS, **SQL_APPS}
+VMS = {"orders-api": "vm-orders", "reports": "vm-reports", "billing-worker": "vm-billing",
+       "inventory-api": "vm-inventory", "audit-reader": "vm-audit", "ledger": "vm-ledger"}
+SQL_DATABASES = {"sql-lab": ("appdb", 7), "sql-lab-2": ("ledgerdb", 8)}  # database, port offset
+SQL_ROLES = {"mi-inventory-api": ["db_datareader", "db_datawriter"], "mi-audit-reader": ["db_datareader"],
+             "mi-ledger": ["db_datareader", "ledger_writer"]}
 
 
 def recap(output: str) -> dict:
@@ -36,6 +46,46 @@ def catalog_snapshot(lab) -> dict:
     return {"roles": roles, "principals": principals, "acls": acls}
 
 
+def sql_catalog_snapshot(lab) -> dict:
+    """Every principal and role membership of the lab's SQL servers, read from the double's catalog files (SQL
+    logins, the other way in, are refused once a server is Entra-only)."""
+    import sqlite3
+
+    snapshot = {}
+    for server in SQL_DATABASES:
+        uri = (lab.state / "sql" / f"{server}.sqlite").as_uri() + "?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            principals = sorted(conn.execute("SELECT database_id, principal_id, name, type, sid FROM principals"))
+            members = sorted(conn.execute("SELECT * FROM role_members"))
+        snapshot[server] = (principals, members)
+    return snapshot
+
+
+def workload_env(lab, app: str) -> dict:
+    """The environment of a process on ``app``'s VM: its managed identity endpoint, the lab CA, the ODBC driver."""
+    return dict(lab.env, AZURE_POD_IDENTITY_AUTHORITY_HOST=f"http://127.0.0.1:{lab.base + 3}/vms/{VMS[app]}",
+                PYTHONPATH=str(REPO / "lab"))
+
+
+def tutorial_step6(lab) -> str:
+    """The tutorial's Part 1 Step 6 script, run on the inventory API's VM against sql-lab; its output."""
+    code = (REPO / "tests" / "integration" / "tutorial" / "part1_step6.py").read_text()
+    published = 'SERVER = "sql-prod.database.windows.net"'
+    assert published in code
+    code = code.replace(published, f'SERVER = "tcp:localhost,{lab.base + 7}"')
+    run = subprocess.run([sys.executable, "-c", code], env=workload_env(lab, "inventory-api"), capture_output=True,
+                         text=True, timeout=60, check=False)
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+    return run.stdout + run.stderr
+
+
+def independent_sid_literal(guid: str) -> str:
+    """SQL Server's uniqueidentifier bytes of ``guid`` (first three groups byte-reversed), as 0x... hex."""
+    groups = guid.split("-")
+    raw = b"".join(bytes.fromhex(g)[::-1] for g in groups[:3]) + bytes.fromhex(groups[3] + groups[4])
+    return "0x" + raw.hex().upper()
+
+
 def vault_roles(lab) -> list:
     import hvac
 
@@ -44,17 +94,32 @@ def vault_roles(lab) -> list:
 
 
 def test_check_mode_on_a_fresh_lab_writes_nothing_and_shows_the_plan(lab):
-    before = (lab.arm_counters()["writes"], catalog_snapshot(lab), vault_roles(lab))
+    before = (lab.arm_counters()["writes"], catalog_snapshot(lab), vault_roles(lab), sql_catalog_snapshot(lab))
     run = lab.playbook("playbooks/migrate.yml", "--check", "--diff", "-vvvv")
     assert run.returncode == 0, run.stdout[-4000:]
-    after = (lab.arm_counters()["writes"], catalog_snapshot(lab), vault_roles(lab))
+    after = (lab.arm_counters()["writes"], catalog_snapshot(lab), vault_roles(lab), sql_catalog_snapshot(lab))
     assert after == before
     assert before[2] == ["billing-worker", "orders-api", "reports"]
     for planned in ("PATCH authConfig activeDirectoryAuth=Enabled", "pgaadauth_create_principal_with_oid",
                     'GRANT DELETE, INSERT, SELECT, UPDATE ON ALL TABLES IN SCHEMA "orders" TO "mi-orders-api"',
-                    "(known after apply)", "DELETE database/roles/orders-api", "would set passwordAuth=Disabled"):
+                    "(known after apply)", "DELETE database/roles/orders-api", "would set passwordAuth=Disabled",
+                    "CREATE USER [mi-ledger] WITH SID = (known after apply), TYPE = E",
+                    "ALTER ROLE [ledger_writer] ADD MEMBER [mi-ledger]",
+                    "would turn on Entra-only authentication"):
         assert planned in run.stdout, planned
     lab.assert_no_secret_in(run.stdout + run.stderr)
+
+
+def test_the_tutorial_test_script_fails_with_18456_before_the_migration(lab):
+    """The identity exists and is on the VM, but the database has no user for it yet."""
+    identity = run_module(lab, "azure_mi", name="mi-inventory-api", resource_group="rg-lab-apps", location="eastus2",
+                          tags={"application": "inventory-api"})["identity"]
+    attached = run_module(lab, "azure_mi_assignment", name="vm-inventory", resource_group="rg-lab-apps",
+                          identity_ids=[identity["id"]])
+    assert not attached["failed"], attached
+    output = tutorial_step6(lab)
+    assert "Token acquired" in output and "FAILED:" in output, output
+    assert "Login failed for user '<token-identified principal>'. (18456)" in output, output
 
 
 def test_migrate_moves_every_application_to_its_identity(lab):
@@ -76,11 +141,25 @@ def test_migrate_moves_every_application_to_its_identity(lab):
         [db] = app["databases"]
         assert db["principal"] == role
         assert db["login_verified_as"] == role
-        assert db["password_auth"] == "Disabled"
         assert db["password_login_probe"] == "refused"
         assert app["switched"] is True
-        assert app["vault"]["decommissioned"] is True and app["vault"]["backup"]
+        if app["application"] in SQL_APPS:
+            assert db["sid"] == independent_sid_literal(app["identity"]["client_id"]) and db["sid_source"] == "client_id"
+            assert db["roles"] == SQL_ROLES[role] and db["entra_only"] is True
+            assert app["vault"]["kv_retired"] is True and app["vault"]["role"] is None
+        else:
+            assert db["password_auth"] == "Disabled"
+            assert app["vault"]["decommissioned"] is True and app["vault"]["backup"]
     assert vault_roles_or_none(lab) is None  # every role gone, and the mount lists nothing
+    text = (lab.state / "reports" / "migration-report.txt").read_text()
+    assert 'user "mi-ledger"' in text and "roles           db_datareader, ledger_writer" in text
+    assert 'CURRENT_USER = "mi-audit-reader"' in text and "(from the identity's client id)" in text
+
+
+def test_the_tutorial_test_script_prints_the_identity_after_the_migration(lab):
+    output = tutorial_step6(lab)
+    assert "Connected as: mi-inventory-api" in output and "SUCCESS" in output, output
+    assert "SQL Server: Microsoft SQL Azure" in output
 
 
 def vault_roles_or_none(lab):
@@ -117,25 +196,20 @@ def test_backups_hold_definitions_and_no_secret(lab):
 
 
 def test_a_second_run_changes_nothing_and_writes_nothing_to_arm(lab):
-    writes = lab.arm_counters()["writes"]
+    writes, sql_catalog = lab.arm_counters()["writes"], sql_catalog_snapshot(lab)
     run = lab.playbook("playbooks/migrate.yml")
     assert run.returncode == 0, run.stdout[-4000:]
     summary = recap(run.stdout)
     assert set(summary) == set(APPS)
     assert all(host["changed"] == 0 and host["failed"] == 0 for host in summary.values()), summary
     assert lab.arm_counters()["writes"] == writes
+    assert sql_catalog_snapshot(lab) == sql_catalog
 
 
 @pytest.mark.parametrize("app", sorted(APPS))
 def test_the_demo_app_runs_as_its_identity_from_its_vm(lab, app):
-    vm = {"orders-api": "vm-orders", "reports": "vm-reports", "billing-worker": "vm-billing"}[app]
-    env = dict(lab.env, AZURE_POD_IDENTITY_AUTHORITY_HOST=f"http://127.0.0.1:{lab.base + 3}/vms/{vm}",
-               PYTHONPATH=str(REPO / "lab"))
-    import subprocess
-    import sys
-
-    run = subprocess.run([sys.executable, "-m", "azurelab.demo_app", app], env=env, capture_output=True, text=True,
-                         timeout=60, check=False)
+    run = subprocess.run([sys.executable, "-m", "azurelab.demo_app", app], env=workload_env(lab, app),
+                         capture_output=True, text=True, timeout=60, check=False)
     result = json.loads(run.stdout)
     assert result["ok"] and result["connected_as"] == APPS[app] and result["mode"] == "identity"
     config = json.loads((lab.state / "apps" / f"{app}.json").read_text())

@@ -2,38 +2,14 @@
 idempotence, and hostile input, which must get an error naming the field and change nothing."""
 from __future__ import annotations
 
-import json
-import pathlib
-import subprocess
-import tempfile
-
 import psycopg
 import pytest
 
-from labrunner import VENV_BIN
+from labrunner import run_module
 
-SUBSCRIPTION = "2b6e3f4a-8c1d-4e9f-b7a2-5c0d9e8f1a23"
-TENANT = "7f0c6a9e-3b1d-4c55-9a8e-2d6f1b0c4e11"
 HOSTILE_ROLES = ['app"; DROP ROLE pgadmin; --', "app with spaces", "ünïcødé-приложение", "app]'x"]
 
-
-def call(lab, module: str, check: bool = False, **args) -> dict:
-    """Run one module on localhost with the lab's control-node environment; returns its result dict."""
-    if module != "vault_db_role":
-        args = dict(dict(cloud_environment="custom", subscription_id=SUBSCRIPTION, tenant_id=TENANT,
-                         cloud_endpoints={"resource_manager": f"https://127.0.0.1:{lab.base + 2}",
-                                          "authority_host": f"https://127.0.0.1:{lab.base + 1}",
-                                          "resource_manager_audience": "https://management.azure.com/"}), **args)
-    command = [str(VENV_BIN / "ansible"), "localhost", "-m", f"csa_inabox.managed_identity.{module}",
-               "-a", json.dumps(args)] + (["--check", "--diff"] if check else [])
-    with tempfile.TemporaryDirectory() as tree:  # the tree callback writes each host's result as JSON
-        env = dict(lab.env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
-                   ANSIBLE_CALLBACK_TREE_DIR=tree)
-        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
-        lab.assert_no_secret_in(run.stdout + run.stderr)
-        result = json.loads(pathlib.Path(tree, "localhost").read_text())
-    result.setdefault("failed", run.returncode != 0)  # the tree callback leaves `failed` out
-    return result
+call = run_module
 
 
 def pg_admin(lab, **extra) -> dict:

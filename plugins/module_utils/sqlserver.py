@@ -1,0 +1,211 @@
+# -*- coding: utf-8 -*-
+# Copyright: csa-inabox core team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Azure SQL Database connections with an Entra access token, T-SQL name quoting, SIDs and error numbers.
+
+Sources:
+- Access tokens: the ODBC driver's ``SQL_COPT_SS_ACCESS_TOKEN`` (connection attribute 1256) takes a 4-byte
+  little-endian length followed by the token in UTF-16-LE, with no UID/PWD/Authentication in the connection string
+  (https://learn.microsoft.com/sql/connect/odbc/using-azure-active-directory#authenticating-with-an-access-token).
+- Names: ``QUOTENAME`` rules (brackets, ``]`` doubled, at most 128 characters: ``sysname``).
+- SIDs: ``CREATE USER ... WITH SID = 0x..., TYPE = E|X`` takes the principal's GUID as SQL Server stores a
+  ``uniqueidentifier`` (the first three groups little-endian), built from the client id of applications and managed
+  identities and from the object id of users and groups.
+
+Values are always bound parameters; the only things spliced into statements are names through :func:`quote_name` and
+SIDs through :func:`sid_literal`, which build them from validated input.
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+import struct
+import uuid
+
+# Options of doc fragment csa_inabox.managed_identity.sqlserver.
+SERVER_ARGUMENT_SPEC = dict(
+    host=dict(type="str", required=True),
+    port=dict(type="int", default=1433),
+    driver=dict(type="str", default="auto", choices=["auto", "pyodbc", "mssql-python"]),
+    odbc_driver=dict(type="str", default="ODBC Driver 18 for SQL Server"),
+    encrypt=dict(type="str", default="yes", choices=["yes", "strict"]),
+    trust_server_certificate=dict(type="bool", default=False),
+    connect_timeout=dict(type="int", default=30),
+)
+
+SQL_COPT_SS_ACCESS_TOKEN = 1256
+MAX_NAME = 128  # sysname
+
+# Entra principal kinds, and which of their ids SQL Server keys the user on.
+PRINCIPAL_TYPES = {
+    "managed_identity": ("E", "client_id"),
+    "application": ("E", "client_id"),
+    "user": ("E", "object_id"),
+    "group": ("X", "object_id"),
+}
+
+# SQL Server error numbers this collection reacts to, with the text that identifies each when a driver (mssql-python)
+# reports the message without its number.
+ERRORS = {
+    18456: r"Login failed for user",
+    15023: r"already exists in the current database",
+    15063: r"already has an account under a different user name",
+    15151: r"because it does not exist or you do not have permission",
+    15247: r"does not have permission to perform this action",
+    33130: r"could not be found or this principal type is not supported",
+    33134: r"could not be resolved",
+    33159: r"Only connections established with Active Directory accounts",
+}
+
+
+class DriverMissing(Exception):
+    """No usable SQL Server driver; the message says what to install."""
+
+
+def pack_token(token):
+    """The value of connection attribute 1256 for ``token`` (str): UINT32 LE byte length + UTF-16-LE bytes."""
+    raw = token.encode("utf-16-le")
+    return struct.pack("<I", len(raw)) + raw
+
+
+def quote_name(name):
+    """``name`` as ``QUOTENAME(name)`` returns it: ``[...]`` with ``]`` doubled. ValueError when empty or too long."""
+    if not name or len(name) > MAX_NAME:
+        raise ValueError("a SQL Server name must have 1 to %d characters, got %d" % (MAX_NAME, len(name or "")))
+    if "\x00" in name:
+        raise ValueError("a SQL Server name cannot contain NUL")
+    return "[" + name.replace("]", "]]") + "]"
+
+
+def sid_of(guid):
+    """The 16-byte SID of an Entra principal whose id is ``guid`` (uniqueidentifier byte order). ValueError if not a GUID."""
+    return uuid.UUID(str(guid)).bytes_le
+
+
+def sid_literal(guid):
+    """``0x`` + the SID in upper-case hex, the binary literal ``WITH SID =`` takes."""
+    return "0x" + sid_of(guid).hex().upper()
+
+
+def guid_of_sid(sid):
+    """The GUID whose SID is ``sid`` (16 bytes), or None for SIDs that are not Entra ones (SQL users, dbo)."""
+    sid = bytes(sid or b"")
+    return str(uuid.UUID(bytes_le=sid)) if len(sid) == 16 else None
+
+
+def error_number(exc):
+    """The SQL Server error number in a driver exception: from ``(NNNN)`` in pyodbc's text, else matched on the text."""
+    text = str(exc)
+    numbers = [int(n) for n in re.findall(r"\((\d{3,5})\)", text)]
+    for number in numbers:
+        if number in ERRORS:
+            return number
+    for number, pattern in ERRORS.items():
+        if re.search(pattern, text):
+            return number
+    return numbers[0] if numbers else None
+
+
+def _braced(value):
+    """A connection-string value in braces, so that ``;``, ``=`` and ``}`` in it survive."""
+    return "{" + str(value).replace("}", "}}") + "}"
+
+
+def connection_string(host, port, database, odbc_driver=None, encrypt="yes", trust_server_certificate=False):
+    """The ODBC-style connection string, for pyodbc when ``odbc_driver`` is given, else for mssql-python.
+
+    No credentials: the token goes as attribute 1256. The login timeout is the drivers' ``timeout`` argument, which
+    both accept, where a connection-string keyword is not.
+    """
+    parts = ["SERVER=tcp:%s,%d" % (host, port), "DATABASE=%s" % _braced(database), "Encrypt=%s" % encrypt,
+             "TrustServerCertificate=%s" % ("yes" if trust_server_certificate else "no")]
+    if odbc_driver:  # pyodbc; mssql-python refuses DRIVER and APP (it sets both itself)
+        parts = ["DRIVER=%s" % _braced(odbc_driver)] + parts + ["APP=csa_inabox.managed_identity"]
+    return ";".join(parts)
+
+
+def choose_driver(driver="auto", odbc_driver="ODBC Driver 18 for SQL Server"):
+    """``(name, module)`` of the driver to use: ``pyodbc`` (with ``odbc_driver`` installed) or ``mssql-python``.
+
+    ``auto`` prefers pyodbc when the ODBC driver is registered, then mssql-python. Raises :class:`DriverMissing`.
+    """
+    problems = []
+    if driver in ("auto", "pyodbc"):
+        try:
+            import pyodbc  # pylint: disable=import-outside-toplevel
+            if odbc_driver in pyodbc.drivers():
+                return "pyodbc", pyodbc
+            problems.append("pyodbc is installed but unixODBC knows no driver named %r (install msodbcsql18, or "
+                            "register it in odbcinst.ini)" % odbc_driver)
+        except ImportError as exc:
+            problems.append("pyodbc cannot be imported (%s): pip install pyodbc, with unixODBC (apt-get install "
+                            "unixodbc) and Microsoft ODBC Driver 18 for SQL Server (msodbcsql18)" % exc)
+    if driver in ("auto", "mssql-python"):
+        try:
+            import mssql_python  # pylint: disable=import-outside-toplevel
+            return "mssql-python", mssql_python
+        except ImportError as exc:
+            problems.append("mssql-python cannot be imported (%s): pip install mssql-python, which needs no system "
+                            "ODBC install" % exc)
+    raise DriverMissing("no SQL Server driver for driver=%s: %s" % (driver, "; ".join(problems)))
+
+
+def connect(host, port, database, token, driver="auto", odbc_driver="ODBC Driver 18 for SQL Server", encrypt="yes",
+            trust_server_certificate=False, connect_timeout=30):
+    """A DB-API connection (autocommit off) signed in with the access token ``token``.
+
+    Returns ``(connection, driver name)``. Raises :class:`DriverMissing`, or the driver's own error (pyodbc.Error,
+    mssql_python.Error) when the server refuses.
+    """
+    name, lib = choose_driver(driver, odbc_driver)
+    conn_str = connection_string(host, port, database, odbc_driver if name == "pyodbc" else None, encrypt,
+                                 trust_server_certificate)
+    attrs = {SQL_COPT_SS_ACCESS_TOKEN: pack_token(token)}
+    conn = lib.connect(conn_str, attrs_before=attrs, timeout=connect_timeout, autocommit=False)
+    return conn, name
+
+
+def connect_with(params, token, database=None):
+    """:func:`connect` with a module's options (those of :data:`SERVER_ARGUMENT_SPEC`) and ``database`` (default
+    ``params["database"]``)."""
+    return connect(params["host"], params["port"], database or params["database"], token, params["driver"],
+                   params["odbc_driver"], params["encrypt"], params["trust_server_certificate"],
+                   params["connect_timeout"])
+
+
+def driver_errors(lib_name):
+    """The exception base class of a driver, for ``except``."""
+    if lib_name == "pyodbc":
+        import pyodbc  # pylint: disable=import-outside-toplevel
+        return pyodbc.Error
+    import mssql_python  # pylint: disable=import-outside-toplevel
+    return mssql_python.Error
+
+
+# Catalog reads (parameterised). Names compare under the database's collation, as the server does.
+USER_BY_NAME = ("SELECT name, type, sid, authentication_type_desc, principal_id FROM sys.database_principals "
+                "WHERE name = ?")
+USER_BY_SID = "SELECT name, type FROM sys.database_principals WHERE sid = ?"
+ROLES_OF = ("SELECT r.name FROM sys.database_role_members AS m JOIN sys.database_principals AS r "
+            "ON r.principal_id = m.role_principal_id WHERE m.member_principal_id = ?")
+ROLE_BY_NAME = "SELECT name FROM sys.database_principals WHERE type = 'R' AND name = ?"
+
+
+# What may not appear in a read-only check query once literals, quoted names and comments are removed.
+_LITERALS = re.compile(r"'(?:[^']|'')*'|\[(?:[^\]]|\]\])*\]|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.S)
+_WRITES = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|INTO|CREATE|ALTER|DROP|TRUNCATE|GRANT|REVOKE|DENY|EXEC|EXECUTE"
+                     r"|COMMIT|ROLLBACK|SAVE|BEGIN|SET|USE|DECLARE|GO|KILL|SHUTDOWN|RECONFIGURE|BACKUP|RESTORE)\b", re.I)
+
+
+def read_only_problem(query):
+    """Why ``query`` is not one plain SELECT (a str), or None. Literals, ``[names]`` and comments are skipped."""
+    bare = _LITERALS.sub(" ", query).strip().rstrip(";").strip()
+    if not re.match(r"(?:SELECT|WITH)\b", bare, re.I):
+        return "it must be a SELECT (or WITH ... SELECT)"
+    if ";" in bare:
+        return "it must be a single statement"
+    word = _WRITES.search(bare)
+    if word:
+        return "it contains %s, which is not read-only" % word.group(0).upper()
+    return None
