@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import logging
 import os
 import re
 import threading
@@ -56,6 +57,8 @@ from .config import LabPaths
 from .directory import Directory
 from .tokens import Issuer, TokenError
 from .web import JsonHandler
+
+LOG = logging.getLogger("azurelab.arm")
 
 PAGE_SIZE = 5  # small on purpose: clients' nextLink paging code runs in the lab's small world
 OPERATION_S = 0.1
@@ -126,6 +129,7 @@ class ArmState:
         self.reset_counters()
         if paths.arm_state.exists():
             self._resources = json.loads(paths.arm_state.read_text())["resources"]
+            self._seed_missing()
         else:
             self._seed()
             self._save()
@@ -173,6 +177,19 @@ class ArmState:
                     "administratorLogin": server["administrator_login"], "version": "12.0", "state": "Ready",
                     "fullyQualifiedDomainName": server.get("fully_qualified_domain_name", "localhost"),
                     "publicNetworkAccess": "Enabled", "minimalTlsVersion": "1.2"}})
+
+    def _seed_missing(self) -> None:
+        """Add the topology's resources that a kept state lacks (a lab made from an older ``topology.yml``): the
+        others, and everything done to them since, stay as they are."""
+        kept, self._resources = self._resources, {}
+        self._seed()
+        seeded, self._resources = self._resources, kept
+        missing = {key: body for key, body in seeded.items() if key not in kept}
+        if missing:
+            kept.update(missing)
+            self._save()
+            LOG.info("added %d resource(s) of topology.yml that the kept state lacked: %s", len(missing),
+                     ", ".join(sorted(body["name"] for body in missing.values())))
 
     def _save(self) -> None:
         tmp = self.paths.arm_state.with_suffix(".tmp")

@@ -24,6 +24,7 @@ from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.postgresqlflexibleservers import PostgreSQLManagementClient
 
 from azurelab.arm import ArmState
+from azurelab.config import LabPaths
 from azurelab.directory import Directory
 
 from conftest import ARM_SCOPE, REPO_ROOT, RecordingHooks, free_base
@@ -303,6 +304,24 @@ def test_state_survives_a_restart(control_plane):
     assert reloaded.directory.by_client_id(kept["client_id"])["object_id"] == kept["principal_id"]
     dump = control_plane.lab_api("GET", "state")
     assert "client_secret" not in json.dumps(dump)
+
+
+def test_a_kept_state_gains_what_a_newer_topology_adds(control_plane, tmp_path):
+    """A lab made from an older topology.yml (without vm-ledger) starts with it, and keeps what it had."""
+    paths = LabPaths(tmp_path)
+    old = json.loads(control_plane.paths.arm_state.read_text())
+    dropped = [key for key in old["resources"] if key.endswith("/virtualmachines/vm-ledger")]
+    assert dropped, "the topology has a vm-ledger"
+    kept = new_identity(control_plane)
+    old = json.loads(control_plane.paths.arm_state.read_text())
+    for key in dropped:
+        del old["resources"][key]
+    paths.arm_state.parent.mkdir(parents=True, exist_ok=True)
+    paths.arm_state.write_text(json.dumps(old))
+    state = ArmState(paths, control_plane.topology, Directory(control_plane.topology), RecordingHooks())
+    assert state.get("rg-lab-apps", "Microsoft.Compute/virtualMachines", "vm-ledger")["name"] == "vm-ledger"
+    assert state.get(RG_APPS, "Microsoft.ManagedIdentity/userAssignedIdentities", kept["name"])["id"] == kept["id"]
+    assert "vm-ledger" in paths.arm_state.read_text()
 
 
 def test_labctl_up_status_down(tmp_path):
