@@ -35,6 +35,11 @@ SERVER_ARGUMENT_SPEC = dict(
 )
 
 SQL_COPT_SS_ACCESS_TOKEN = 1256
+
+# Principals every database has, which no module of this collection creates, drops or alters (compared casefolded).
+BUILT_IN_USERS = ("dbo", "guest", "information_schema", "sys")
+FIXED_ROLES = ("public", "db_owner", "db_accessadmin", "db_securityadmin", "db_ddladmin", "db_backupoperator",
+               "db_datareader", "db_datawriter", "db_denydatareader", "db_denydatawriter")
 MAX_NAME = 128  # sysname
 
 # Entra principal kinds, and which of their ids SQL Server keys the user on.
@@ -71,8 +76,10 @@ def pack_token(token):
 
 def quote_name(name):
     """``name`` as ``QUOTENAME(name)`` returns it: ``[...]`` with ``]`` doubled. ValueError when empty or too long."""
-    if not name or len(name) > MAX_NAME:
-        raise ValueError("a SQL Server name must have 1 to %d characters, got %d" % (MAX_NAME, len(name or "")))
+    length = len((name or "").encode("utf-16-le")) // 2  # sysname counts UTF-16 code units
+    if not length or length > MAX_NAME:
+        raise ValueError("a SQL Server name must have 1 to %d characters (UTF-16 code units), got %d"
+                         % (MAX_NAME, length))
     if "\x00" in name:
         raise ValueError("a SQL Server name cannot contain NUL")
     return "[" + name.replace("]", "]]") + "]"
@@ -192,20 +199,117 @@ ROLES_OF = ("SELECT r.name FROM sys.database_role_members AS m JOIN sys.database
 ROLE_BY_NAME = "SELECT name FROM sys.database_principals WHERE type = 'R' AND name = ?"
 
 
-# What may not appear in a read-only check query once literals, quoted names and comments are removed.
-_LITERALS = re.compile(r"'(?:[^']|'')*'|\[(?:[^\]]|\]\])*\]|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.S)
-_WRITES = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|INTO|CREATE|ALTER|DROP|TRUNCATE|GRANT|REVOKE|DENY|EXEC|EXECUTE"
-                     r"|COMMIT|ROLLBACK|SAVE|BEGIN|SET|USE|DECLARE|GO|KILL|SHUTDOWN|RECONFIGURE|BACKUP|RESTORE)\b", re.I)
+def _tokens(query):
+    """The lexical tokens of a T-SQL text as SQL Server splits it, skipping white space and comments.
+
+    Yields ``(kind, text)`` with kind ``string`` ('..' with '' inside, N'..' too), ``name`` ([..] with ]] inside, or
+    ".." with "" inside), ``word``, ``number`` (digits: ``1DROP`` is ``1`` then ``DROP``, as the server reads it) or
+    ``symbol``. Block comments nest, as in T-SQL; a line comment ends at a line feed. Raises ValueError for an
+    unterminated string, name or comment, and for a carriage return that does not start a CRLF (where drivers and
+    servers may disagree on where a comment ends).
+    """
+    if re.search("\r(?!\n)", query):
+        raise ValueError("a carriage return outside a CRLF line end")
+    i, end = 0, len(query)
+    closers = {"'": "'", "[": "]", '"': '"'}
+    while i < end:
+        char = query[i]
+        if char.isspace():
+            i += 1
+        elif query.startswith("--", i):
+            newline = query.find("\n", i)
+            i = end if newline < 0 else newline + 1
+        elif query.startswith("/*", i):
+            depth, i = 1, i + 2
+            while depth:
+                if i >= end:
+                    raise ValueError("an unterminated /* comment")
+                if query.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif query.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif char in closers or (char in "Nn" and query[i + 1:i + 2] == "'"):
+            start = i
+            if char in "Nn":
+                i += 1
+            closer = closers[query[i]]
+            i += 1
+            while True:
+                close = query.find(closer, i)
+                if close < 0:
+                    raise ValueError("an unterminated %s...%s" % (query[start], closer))
+                if query[close + 1:close + 2] == closer:  # doubled: an escaped closer
+                    i = close + 2
+                    continue
+                i = close + 1
+                break
+            yield ("string" if closer == "'" else "name"), query[start:i]
+        elif char.isdigit():
+            start = i
+            while i < end and (query[i].isdigit() or query[i] == "."):
+                i += 1
+            yield "number", query[start:i]
+        elif char.isalpha() or char in "_@#":
+            start = i
+            while i < end and (query[i].isalnum() or query[i] in "_@#$"):
+                i += 1
+            yield "word", query[start:i]
+        else:
+            yield "symbol", char
+            i += 1
 
 
 def read_only_problem(query):
-    """Why ``query`` is not one plain SELECT (a str), or None. Literals, ``[names]`` and comments are skipped."""
-    bare = _LITERALS.sub(" ", query).strip().rstrip(";").strip()
-    if not re.match(r"(?:SELECT|WITH)\b", bare, re.I):
-        return "it must be a SELECT (or WITH ... SELECT)"
-    if ";" in bare:
-        return "it must be a single statement"
-    word = _WRITES.search(bare)
-    if word:
-        return "it contains %s, which is not read-only" % word.group(0).upper()
+    """Why ``query`` cannot be run as :func:`read_only_wrapped` (a str), or None.
+
+    It must be one SELECT whose parentheses balance (so that, wrapped as a derived table, all of it stays inside the
+    derived table, where SQL Server's grammar admits no other statement, no ``INTO`` and no transaction control).
+    """
+    try:
+        tokens = list(_tokens(query))
+    except ValueError as exc:
+        return "it has %s" % exc
+    while tokens and tokens[-1] == ("symbol", ";"):
+        tokens.pop()
+    if not tokens or tokens[0][0] != "word" or tokens[0][1].upper() != "SELECT":
+        return "it must be one SELECT statement (a WITH ... SELECT cannot run as a derived table)"
+    depth = 0
+    for kind, text in tokens:
+        if kind == "symbol" and text == "(":
+            depth += 1
+        elif kind == "symbol" and text == ")":
+            depth -= 1
+            if depth < 0:
+                return "its parentheses do not balance"
+        elif kind == "symbol" and text == ";":
+            return "it must be a single statement"
+        elif kind == "symbol" and text in "{}":
+            return "ODBC escape sequences ({...}) are not accepted"
+    if depth:
+        return "its parentheses do not balance"
+    return None
+
+
+def read_only_wrapped(query):
+    """``query`` (checked by :func:`read_only_problem`) as a derived table whose first row is returned."""
+    body = query.rstrip()
+    while body.endswith(";"):
+        body = body[:-1].rstrip()
+    return "SELECT TOP (1) * FROM (\n%s\n) AS mi_login_check" % body
+
+
+HOST_FORBIDDEN = re.compile(r"[;,={}\s]")
+
+
+def option_problem(params):
+    """What is wrong with the connection options of :data:`SERVER_ARGUMENT_SPEC` (a str), or None."""
+    if not params["host"] or HOST_FORBIDDEN.search(params["host"]):
+        return ("host %r must be a host name or address, without ';', ',', '=', braces or spaces (give the port in "
+                "port)" % params["host"])
+    if not 0 < params["port"] < 65536:
+        return "port must be 1 to 65535, got %d" % params["port"]
+    if params["connect_timeout"] < 1:
+        return "connect_timeout must be at least 1 second"
     return None

@@ -46,8 +46,11 @@ options:
         C(SELECT CURRENT_USER) (Azure SQL).
       - PostgreSQL runs it as a single prepared statement in a read-only transaction that is rolled back, so it cannot
         change anything (several statements separated by C(;) are refused).
-      - Azure SQL has no read-only transactions, so the module refuses, before connecting, anything but one C(SELECT)
-        without writing keywords (C(INTO), C(EXEC), ...); it runs in a transaction that is rolled back.
+      - Azure SQL has no read-only transactions. The query must be one C(SELECT) with balanced parentheses (checked
+        before connecting, with T-SQL's rules for strings, quoted names and nested comments); it runs as a derived
+        table, C(SELECT TOP (1) * FROM (<query>) AS mi_login_check), where SQL Server's grammar admits no other
+        statement, no C(INTO) and no transaction control, and the transaction is rolled back. So C(WITH) and
+        C(ORDER BY) without C(TOP) are not accepted there.
     type: str
   expected_user:
     description: Fail unless the database reports this C(current_user). Defaults to O(user).
@@ -177,7 +180,10 @@ def check_postgres(mod, token):
                 connected_as = cur.fetchone()[0]
                 # A prepared statement is one statement: "SELECT 1; COMMIT; DROP ..." is refused by the server,
                 # so the query cannot leave the read-only transaction. Nothing is committed either way.
-                cur.execute(params["query"] or "SELECT current_user", prepare=True)
+                try:
+                    cur.execute(params["query"] or "SELECT current_user", prepare=True)
+                except psycopg.Error as exc:
+                    raise QueryFailed(connected_as, exc)
                 row = cur.fetchone() if cur.description else None
             conn.rollback()
     except psycopg.Error as exc:
@@ -196,20 +202,28 @@ def check_sql(mod, token):
         raise LoginFailed(exc)
     try:
         cur = conn.cursor()
-        cur.execute("SELECT CURRENT_USER")
-        connected_as = cur.fetchone()[0]
-        cur.execute(params["query"] or "SELECT CURRENT_USER")
-        row = cur.fetchone() if cur.description else None
+        try:
+            cur.execute("SELECT CURRENT_USER")
+            connected_as = cur.fetchone()[0]
+        except sql.driver_errors(driver) as exc:
+            raise LoginFailed(exc)
+        try:
+            cur.execute(sql.read_only_wrapped(params["query"]) if params["query"] else "SELECT CURRENT_USER")
+            row = cur.fetchone() if cur.description else None
+        except sql.driver_errors(driver) as exc:
+            raise QueryFailed(connected_as, exc)
         conn.rollback()
-    except sql.driver_errors(driver) as exc:
-        raise LoginFailed(exc)
     finally:
         conn.close()
     return connected_as, row, {"driver": driver}
 
 
 class LoginFailed(Exception):
-    """The database refused the login or the query; carries the driver's exception."""
+    """The database refused the login; carries the driver's exception."""
+
+
+class QueryFailed(Exception):
+    """The login worked (as ``args[0]``) but the query failed; carries the driver's exception (``args[1]``)."""
 
 
 def main():
@@ -232,8 +246,11 @@ def main():
     params = mod.params
     is_sql = params["database_type"] == "sql"
     params["port"] = params["port"] or (1433 if is_sql else 5432)
-    if is_sql and params["query"]:
-        problem = sql.read_only_problem(params["query"])
+    if is_sql:
+        problem = sql.option_problem(params)
+        if problem:
+            mod.fail(problem)
+        problem = params["query"] and sql.read_only_problem(params["query"])
         if problem:
             mod.fail("query is refused: %s. The check only reads" % problem)
     expected = params["expected_user"] or params["user"]
@@ -252,11 +269,15 @@ def main():
         target = "%s:%s/%s" % (params["host"], params["port"], params["database"])
         who = "the token's identity" if is_sql else params["user"]
         mod.fail("login as %s to %s failed" % (who, target), failed.args[0], token_object_id=object_id_of(access.token))
+    except QueryFailed as failed:
+        mod.fail("logged in as %r, but the query failed (the login itself works)" % failed.args[0], failed.args[1],
+                 connected_as=failed.args[0], token_object_id=object_id_of(access.token))
     plain = [v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for v in (row or [])]
     result = dict(connected_as=connected_as, token_object_id=object_id_of(access.token),
                   token_expires_on=int(access.expires_on), row=plain,
                   elapsed_ms=int((time.monotonic() - started) * 1000), **extra)
-    if connected_as != expected:
+    # Azure SQL compares names case-insensitively (its default collation), PostgreSQL exactly.
+    if (connected_as.casefold() != expected.casefold()) if is_sql else (connected_as != expected):
         mod.fail("connected as %r, expected %r" % (connected_as, expected), **result)
     mod.exit(False, **result)
 

@@ -60,7 +60,9 @@ options:
     choices: [sid, external_provider]
     default: sid
   roles:
-    description: Database roles the user must be a member of. Every one must exist; names compare case-insensitively.
+    description:
+      - Database roles the user must be a member of. Every one must exist; names compare case-insensitively.
+      - C(public) may be listed but is never managed; every user is a member of it.
     type: list
     elements: str
     default: []
@@ -78,7 +80,10 @@ options:
     type: bool
     default: false
   state:
-    description: Whether the user should exist. V(absent) drops it (with its memberships).
+    description:
+      - Whether the user should exist. V(absent) drops it (with its memberships).
+      - V(absent) drops a SQL-authenticated user, or an Entra user whose SID is not that of the given id, only with
+        O(replace=true).
     type: str
     choices: [present, absent]
     default: present
@@ -196,16 +201,26 @@ def check_name(mod, field, value):
 
 
 def validate(mod):
-    """Check every option before connecting; returns the GUID the SID is built from, or None."""
+    """Check every option before connecting; returns ``(type, id kind, GUID)``, the GUID None when unknown."""
     params = mod.params
+    problem = sql.option_problem(params)
+    if problem:
+        mod.fail(problem)
     check_name(mod, "name", params["name"])
     check_name(mod, "database", params["database"])
+    if params["name"].casefold() in sql.BUILT_IN_USERS + sql.FIXED_ROLES:
+        mod.fail("name %r is a principal every database has (a built-in user or a fixed role); it is not managed here"
+                 % params["name"])
     for role in params["roles"]:
         check_name(mod, "roles", role)
     for field in ("principal_client_id", "object_id"):
         value = params[field]
-        if value and not is_guid(value) and not (value == KNOWN_AFTER_APPLY and mod.check_mode):
-            mod.fail("%s %r is not a GUID" % (field, value))
+        if value == KNOWN_AFTER_APPLY and mod.check_mode:
+            continue
+        if value and not is_guid(value):
+            mod.fail("%s %r is not a GUID: give it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" % (field, value))
+        if value and not value.strip("0-"):
+            mod.fail("%s is the nil GUID, which no Entra principal has" % field)
     kind, source = sql.PRINCIPAL_TYPES[params["principal_type"]]
     guid = params[OPTION_OF[source]]
     if params["state"] == "present" and params["create_from"] == "sid" and not guid:
@@ -216,6 +231,21 @@ def validate(mod):
         mod.fail("principal_client_id applies to managed identities and applications; a %s is keyed on its object_id"
                  % params["principal_type"])
     return kind, source, (guid if guid != KNOWN_AFTER_APPLY else None)
+
+
+def wanted_roles(params):
+    """The roles asked for, casefold -> name, without duplicates and without ``public`` (every user is a member)."""
+    return dict((role.casefold(), role) for role in params["roles"] if role.casefold() != "public")
+
+
+def create_statement(params, quoted, kind, guid):
+    """The CREATE USER of the wanted user (``guid`` None: an identity only planned in check mode)."""
+    if params["create_from"] == "sid":
+        literal = sql.sid_literal(guid) if guid else KNOWN_AFTER_APPLY
+        return "CREATE USER %s WITH SID = %s, TYPE = %s" % (quoted, literal, kind)
+    if params["object_id"] and params["object_id"] != KNOWN_AFTER_APPLY:
+        return "CREATE USER %s FROM EXTERNAL PROVIDER WITH OBJECT_ID = '%s'" % (quoted, params["object_id"].lower())
+    return "CREATE USER %s FROM EXTERNAL PROVIDER" % quoted
 
 
 def read_user(cur, name):
@@ -234,7 +264,7 @@ def read_user(cur, name):
 def resolve_roles(mod, cur):
     """The catalog spelling of each wanted role; fails naming the roles that do not exist."""
     found, missing = [], []
-    for role in mod.params["roles"]:
+    for role in wanted_roles(mod.params).values():
         cur.execute(sql.ROLE_BY_NAME, (role,))
         row = cur.fetchone()
         (found if row else missing).append(row[0] if row else role)
@@ -244,10 +274,13 @@ def resolve_roles(mod, cur):
     return sorted(set(found), key=str.casefold)
 
 
-def conflict_with(existing, kind, guid):
-    """Why ``existing`` is not the wanted user (a dict), or None when it is."""
+def conflict_with(existing, kind, guid, planned=False):
+    """Why ``existing`` is not the wanted user (a dict), or None when it is. ``planned``: the wanted principal does
+    not exist yet (check mode), so no existing user can be its own."""
     if existing is None:
         return None
+    if existing["type"] == "R":
+        return {"reason": "a database role has this name", "existing": existing, "role": True}
     if existing["type"] not in ("E", "X"):
         return {"reason": "a %s user of this name exists (authentication %s), not an Entra one"
                 % (TYPE_DESC.get(existing["type"], existing["type"]), existing["authentication"]),
@@ -255,6 +288,9 @@ def conflict_with(existing, kind, guid):
     if existing["type"] != kind:
         return {"reason": "an Entra user of this name exists with type %s, not %s" % (existing["type"], kind),
                 "existing": existing}
+    if planned:
+        return {"reason": "an Entra user of this name exists (SID of %s), and the identity this run creates cannot "
+                "be its principal" % existing["sid_guid"], "existing": existing}
     if guid and existing["sid_guid"] != guid.lower():
         return {"reason": "an Entra user of this name exists for another principal (SID of %s, not %s): an identity "
                 "recreated under the same name, or a user built from the wrong id" % (existing["sid_guid"], guid),
@@ -269,17 +305,19 @@ def plan(mod, cur, kind, source, guid):
     quoted = sql.quote_name(name)
     existing = read_user(cur, name)
     before = existing or {}
+    planned = guid is None and params[OPTION_OF[source]] == KNOWN_AFTER_APPLY
     if params["state"] == "absent":
         if existing is None:
             return [], before, {}, False, False, None
-        problem = conflict_with(existing, kind, guid) if guid else None
-        if problem and not params["replace"]:
+        # Without an id, only an Entra user is dropped by name alone; a SQL user (a password) needs replace=true.
+        problem = conflict_with(existing, existing["type"] if not guid else kind, guid)
+        if problem and (not params["replace"] or problem.get("role")):
             return [], before, before, False, False, problem
         return ["DROP USER %s" % quoted], before, {}, False, False, None
 
     roles = resolve_roles(mod, cur)
-    problem = conflict_with(existing, kind, guid)
-    if problem and not params["replace"]:
+    problem = conflict_with(existing, kind, guid, planned)
+    if problem and (not params["replace"] or problem.get("role")):
         return [], before, before, False, False, problem
     statements = []
     replaced = problem is not None
@@ -293,14 +331,7 @@ def plan(mod, cur, kind, source, guid):
                 mod.fail("the %s %s already has the user %r in %s; one principal has one user per database (SQL "
                          "Server error 15063). Rename that user (ALTER USER ... WITH NAME) or remove it first"
                          % (source.replace("_", " "), guid, other[0], params["database"]))
-        if params["create_from"] == "sid":
-            literal = sql.sid_literal(guid) if guid else KNOWN_AFTER_APPLY  # an identity only planned in check mode
-            statements.append("CREATE USER %s WITH SID = %s, TYPE = %s" % (quoted, literal, kind))
-        elif params["object_id"]:
-            statements.append("CREATE USER %s FROM EXTERNAL PROVIDER WITH OBJECT_ID = '%s'"
-                              % (quoted, params["object_id"].lower()))
-        else:
-            statements.append("CREATE USER %s FROM EXTERNAL PROVIDER" % quoted)
+        statements.append(create_statement(params, quoted, kind, guid))
         current_roles = []
     else:
         current_roles = existing["roles"]
@@ -326,21 +357,18 @@ def plan_without_catalog(mod, kind, source, guid):
     """Check mode before this run has made the module's identity the server's Entra administrator: exit with the
     plan for a database that has no such user (the roles are not checked)."""
     params = mod.params
-    mod.module.warn("could not sign in to %s yet (its Entra administrator is only planned in this check-mode run): "
-                    "the plan assumes the user does not exist and does not check that the roles do" % params["host"])
+    mod.module.warn("check mode: could not sign in to %s (login failed, 18456). That is expected when this run would "
+                    "make the module's identity the server's Entra administrator; otherwise the real run will fail "
+                    "the same way. The plan assumes the user does not exist and does not check that the roles do"
+                    % params["host"])
     if params["state"] == "absent":
         mod.exit(False, before={}, after={}, user={}, created=False, replaced=False, conflict=None, queries=[])
     quoted = sql.quote_name(params["name"])
-    if params["create_from"] == "sid":
-        literal = sql.sid_literal(guid) if guid else KNOWN_AFTER_APPLY
-        statements = ["CREATE USER %s WITH SID = %s, TYPE = %s" % (quoted, literal, kind)]
-    else:
-        statements = ["CREATE USER %s FROM EXTERNAL PROVIDER" % quoted]
-    statements += ["ALTER ROLE %s ADD MEMBER %s" % (sql.quote_name(role), quoted)
-                   for role in sorted(set(params["roles"]), key=str.casefold)]
+    roles = sorted(wanted_roles(params).values(), key=str.casefold)
+    statements = [create_statement(params, quoted, kind, guid)]
+    statements += ["ALTER ROLE %s ADD MEMBER %s" % (sql.quote_name(role), quoted) for role in roles]
     after = {"name": params["name"], "type": kind, "sid": sql.sid_literal(guid) if guid else KNOWN_AFTER_APPLY,
-             "sid_guid": guid.lower() if guid else None, "sid_source": source,
-             "roles": sorted(set(params["roles"]), key=str.casefold)}
+             "sid_guid": guid.lower() if guid else None, "sid_source": source, "roles": roles}
     mod.exit(True, before={}, after=after, user=after, created=True, replaced=False, conflict=None, queries=statements)
 
 
@@ -377,8 +405,11 @@ def main():
         statements, before, after, created, replaced, problem = plan(mod, cur, kind, source, guid)
         result.update(created=created, replaced=replaced, conflict=problem, queries=statements)
         if problem:
-            mod.fail("user %r in %s: %s. Nothing was changed; set replace=true to drop it and create the user again"
-                     % (params["name"], target, problem["reason"]), **result)
+            remedy = ("choose another name" if problem.get("role") else
+                      "set replace=true to drop it anyway" if params["state"] == "absent" else
+                      "set replace=true to drop it and create the user again")
+            mod.fail("user %r in %s: %s. Nothing was changed; %s" % (params["name"], target, problem["reason"], remedy),
+                     **result)
         if statements and not mod.check_mode:
             for done, statement in enumerate(statements):
                 try:

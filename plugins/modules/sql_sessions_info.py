@@ -106,6 +106,9 @@ def main():
         mod.fail("window_seconds must be >= 0 and poll_seconds >= 1")
     if not params["users"]:
         mod.fail("users must name at least one login")
+    problem = sql.option_problem(params)
+    if problem:
+        mod.fail(problem)
     target = "%s:%s/%s" % (params["host"], params["port"], params["database"])
     try:
         conn, driver = sql.connect_with(params, mod.token("sql"))

@@ -74,6 +74,7 @@ def sql(lab):
     attached = run_module(lab, "azure_mi_assignment", name="vm-billing", resource_group="rg-lab-apps",
                           identity_ids=[app["id"]])
     assert not attached["failed"], attached
+    admin_query(lab, "sql-lab", "appdb", "CREATE USER [victim] WITHOUT LOGIN")  # what hostile queries aim at
     return {"operator": operator, "app": app,
             "workload_env": {"AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{lab.base + 3}/vms/vm-billing"}}
 
@@ -210,6 +211,61 @@ def test_login_check_refuses_a_query_that_writes(lab, sql):
     result = login_check(lab, sql, expected_user="mi-sqlapp", query="SELECT 1; DROP USER [mi-sqlapp]")
     assert result["failed"] and "single statement" in result["msg"], result
     assert principal(lab, "sql-lab", "appdb", "mi-sqlapp") is not None
+
+
+@pytest.mark.parametrize("query", ["SELECT 1DROP USER [victim] SELECT 1COMMIT", "SELECT 1 DROP USER [victim]",
+                                   "SELECT * INTO victim_copy FROM sys.database_principals"])
+def test_login_check_runs_the_query_where_no_statement_can_hide(lab, sql, query):
+    """Even as db_owner, a query that passes the lexical check is one derived table: the server refuses the rest."""
+    admin_query(lab, "sql-lab", "appdb", "ALTER ROLE [db_owner] ADD MEMBER [mi-sqlapp]")
+    try:
+        result = login_check(lab, sql, expected_user="mi-sqlapp", query=query)
+        assert result["failed"] and "but the query failed (the login itself works)" in result["msg"], result
+        assert result["connected_as"] == "mi-sqlapp"
+        assert principal(lab, "sql-lab", "appdb", "victim") is not None
+    finally:
+        admin_query(lab, "sql-lab", "appdb", "ALTER ROLE [db_owner] DROP MEMBER [mi-sqlapp]")
+
+
+def test_login_check_reads_through_the_derived_table(lab, sql):
+    result = login_check(lab, sql, expected_user="MI-SQLAPP",  # names compare as the server does
+                         query="SELECT count(*) AS n FROM sys.database_principals WHERE name = 'mi-sqlapp';")
+    assert not result["failed"] and result["row"] == [1], result
+
+
+@pytest.mark.parametrize("host", ["localhost,1;TrustServerCertificate=yes", "localhost;Foo=", "local host"])
+def test_host_cannot_rewrite_the_connection_string(lab, sql, host):
+    for module, args in (("sql_entra_user", dict(name="mi-x", principal_client_id=APP_A)),
+                         ("mi_login_check", dict(database_type="sql", expected_user="x"))):
+        result = run_module(lab, module, **dict(user_args(lab, **args), host=host))
+        assert result["failed"] and "must be a host name" in result["msg"], result
+
+
+def test_nil_guid_built_in_names_and_public(lab, sql):
+    nil = run_module(lab, "sql_entra_user", **user_args(lab, name="mi-nil",
+                                                        principal_client_id="00000000-0000-0000-0000-000000000000"))
+    assert nil["failed"] and "nil GUID" in nil["msg"], nil
+    for name in ("dbo", "Guest", "public", "db_owner"):
+        result = run_module(lab, "sql_entra_user", state="absent", **user_args(lab, name=name))
+        assert result["failed"] and "every database has" in result["msg"], result
+    public = user_args(lab, name="mi-sqlapp", principal_client_id=sql["app"]["client_id"], roles=["public"])
+    result = run_module(lab, "sql_entra_user", **public)
+    assert not result["failed"] and not result["changed"], result
+
+
+def test_absent_drops_a_sql_user_only_when_told(lab, sql):
+    admin_query(lab, "sql-lab", "appdb", "CREATE USER [pw-user] WITH PASSWORD = 'Pw-User-Pa55word!'")
+    refused = run_module(lab, "sql_entra_user", state="absent", **user_args(lab, name="pw-user"))
+    assert refused["failed"] and "replace=true to drop it anyway" in refused["msg"], refused
+    assert principal(lab, "sql-lab", "appdb", "pw-user") is not None
+    dropped = run_module(lab, "sql_entra_user", state="absent", replace=True, **user_args(lab, name="pw-user"))
+    assert dropped["changed"] and principal(lab, "sql-lab", "appdb", "pw-user") is None, dropped
+
+
+def test_check_mode_for_a_planned_identity_reports_an_existing_user_of_that_name(lab, sql):
+    result = run_module(lab, "sql_entra_user", check=True, **user_args(lab, name="mi-sqlapp",
+                                                                       principal_client_id="(known after apply)"))
+    assert result["failed"] and "cannot be its principal" in result["msg"], result
 
 
 def test_foreign_entra_admin_is_not_replaced(lab, sql):

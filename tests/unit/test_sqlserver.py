@@ -63,14 +63,53 @@ def test_connection_string_braces_values():
 
 @pytest.mark.parametrize("query, ok", [
     ("SELECT CURRENT_USER", True),
-    ("SELECT count(*) FROM sales.orders WHERE note = 'DROP; INSERT'", True),
-    ("WITH t AS (SELECT 1 AS n) SELECT n FROM t;", True),
-    ("SELECT [delete] FROM [x;y]", True),
-    ("SELECT 1; DROP USER x", False),
-    ("SELECT * INTO copy FROM orders", False),
+    ("SELECT count(*) FROM sales.orders WHERE note = 'DROP; INSERT ) ('", True),
+    ("SELECT [delete] FROM [x;y)]", True),
+    ("SELECT 1 /* ok */ -- fine;", True),
+    ("SELECT 1 AS go;", True),
+    ("SELECT 1; DROP USER x", False),  # a second statement
+    ("SELECT 1 AS a) AS q; DROP USER x; SELECT * FROM (SELECT 1 AS a", False),  # leaving the derived table
+    ("SELECT 1 AS a) AS q DROP USER x SELECT * FROM (SELECT 1 AS a", False),
+    ("WITH t AS (SELECT 1 AS n) SELECT n FROM t", False),  # cannot be a derived table
     ("EXEC sp_who", False),
     ("COMMIT", False),
-    ("SELECT 1 /* ok */ -- fine", True),
+    ("SELECT 'unterminated", False),
+    ("SELECT 1 /* /* nested */ still comment", False),  # T-SQL nests block comments: unterminated
+    ("SELECT 1 --x\rDROP USER y", False),  # where a lone CR ends a comment is not agreed
+    ("SELECT {fn user()}", False),  # ODBC escapes are rewritten by the driver
 ])
 def test_read_only_query_guard(query, ok):
     assert (sql.read_only_problem(query) is None) == ok
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT 1DROP USER [victim] SELECT 1COMMIT",
+    "SELECT 1 /* /* */ ' */ DROP USER [x] COMMIT --' */",
+    "SELECT * INTO copy FROM orders",
+])
+def test_what_the_guard_lets_through_stays_inside_one_derived_table(query):
+    """These pass the lexical check; wrapped, the server's grammar rejects them (a derived table is one query
+    expression), which tests/integration/test_sql_modules.py shows against the lab."""
+    assert sql.read_only_problem(query) is None
+    wrapped = sql.read_only_wrapped(query)
+    assert wrapped.startswith("SELECT TOP (1) * FROM (\n") and wrapped.endswith("\n) AS mi_login_check")
+
+
+@pytest.mark.parametrize("host, ok", [
+    ("sql-prod.database.windows.net", True), ("127.0.0.1", True),
+    ("localhost,1434", False), ("x;TrustServerCertificate=yes", False), ("a b", False), ("{x}", False), ("", False),
+])
+def test_host_cannot_carry_connection_string_keywords(host, ok):
+    params = dict(host=host, port=1433, connect_timeout=30)
+    assert (sql.option_problem(params) is None) == ok
+
+
+def test_ports_and_timeouts_are_checked():
+    assert "port" in sql.option_problem(dict(host="h", port=70000, connect_timeout=30))
+    assert "connect_timeout" in sql.option_problem(dict(host="h", port=1433, connect_timeout=0))
+
+
+def test_names_count_utf16_code_units():
+    sql.quote_name("y" * 128)
+    with pytest.raises(ValueError):
+        sql.quote_name("y" * 127 + "\U0001F600")  # one emoji is two UTF-16 code units
