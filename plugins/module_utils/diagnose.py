@@ -48,6 +48,25 @@ REMEDIES = (
      "Another write on the same resource is in progress: re-run; writes on one resource are serialised."),
     (r"The access token has expired",
      "The token expired before the connection opened: acquire a fresh token per new connection."),
+    (r"Login failed for user '<token-identified principal>'\. The server is not currently configured",
+     "Azure SQL did not accept the token: it must be for the SQL audience of the server's cloud, from the server's "
+     "tenant, and passed UTF-16-LE as connection attribute 1256 (the drivers of this collection do so)."),
+    (r"Login failed for user '<token-identified principal>'",
+     "Azure SQL has no user for this token's principal in that database: create it with sql_entra_user from the "
+     "identity's client id (a user built from its principal id never matches), or make the principal the server's "
+     "Entra administrator (sql_server_entra)."),
+    (r"Azure Active Directory only authentication is enabled|Microsoft Entra only authentication is enabled",
+     "The server accepts Entra logins only (Entra-only authentication): sign in with a token, or switch "
+     "azure_ad_only_authentication off with sql_server_entra while the application still needs its password."),
+    (r"\b33134\b|Directory Readers",
+     "The server's identity cannot read Entra ID: create the user from its SID (sql_entra_user create_from: sid, "
+     "the default), or give the server's identity the Directory Readers role."),
+    (r"\b33159\b|Only connections established with Active Directory accounts",
+     "Entra users can only be created by an Entra login: sign in with a token (the module's auth_source), not a "
+     "SQL login."),
+    (r"Data source name not found|Can't open lib|driver .* not found",
+     "The ODBC driver is missing: install Microsoft ODBC Driver 18 for SQL Server (msodbcsql18) and unixODBC, or use "
+     "driver: mssql-python."),
     (r"password authentication failed for user",
      "PostgreSQL refused the login: for a managed identity, the role must be created with "
      "pgaadauth_create_principal_with_oid using the identity's principal (object) id, and the user name must be "
@@ -59,12 +78,13 @@ REMEDIES = (
      "Connect as a Microsoft Entra administrator of the server (pg_server_entra administrators) to create principals."),
     (r"schema .* does not exist",
      "The schema does not exist in this database: create it with the application's migrations first, or fix the grant."),
-    (r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|root certificate file",
-     "TLS verification failed: trust the server's CA (ssl_root_cert, PGSSLROOTCERT or REQUESTS_CA_BUNDLE)."),
+    (r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|root certificate file|SSL Provider",
+     "TLS verification failed: trust the server's CA (PostgreSQL: ssl_root_cert or PGSSLROOTCERT; Azure SQL drivers: "
+     "SSL_CERT_FILE, and connect by a DNS name on the certificate, not an IP address; ARM: REQUESTS_CA_BUNDLE)."),
     (r"Connection refused|could not connect to server|timeout expired",
      "The server is not reachable from where this ran: run database tasks on a host inside the server's network "
      "(db_admin_host) and check firewall rules / private endpoints."),
-    (r"permission denied|403",
+    (r"permission denied|\bForbidden\b",
      "Permission denied: in PostgreSQL, connect as a Microsoft Entra administrator that is a member of the objects' "
      "owner (admin_member_of); in Vault, check the token's policy."),
 )

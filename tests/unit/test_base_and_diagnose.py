@@ -51,3 +51,19 @@ def test_error_text_uses_arm_code():
         error = Error()
 
     assert diagnose.error_text(Exc("ignored")) == "ResourceGroupNotFound: Resource group 'rg-x' could not be found."
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[28000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Login failed for user "
+     "'<token-identified principal>'. (18456) (SQLDriverConnect)", "client id"),
+    ("Login failed for user '<token-identified principal>'. The server is not currently configured to accept this "
+     "token.", "UTF-16-LE"),
+    ("Login failed for user 'app'. Reason: Azure Active Directory only authentication is enabled.", "Entra-only"),
+    ("Principal 'x' could not be resolved. Error message: 'Server identity does not have Azure Active Directory "
+     "Readers permission.' (33134)", "Directory Readers"),
+    ("[08001] [Microsoft][ODBC Driver 18 for SQL Server]SSL Provider: certificate verify failed", "SSL_CERT_FILE"),
+    ("user 'mi-403-app' in x: something unknown", None),
+])
+def test_sql_failures_have_their_own_remedies(text, words):
+    advice = diagnose.remedy(text)
+    assert (advice is None) if words is None else (words in advice), advice
