@@ -261,11 +261,24 @@ def _tokens(query):
             i += 1
 
 
-def read_only_problem(query):
-    """Why ``query`` cannot be run as :func:`read_only_wrapped` (a str), or None.
+# Words that start a T-SQL statement other than a query (or make a query write: INTO, NEXT VALUE FOR), and the
+# rowset functions that run a statement elsewhere. T-SQL needs no separator between statements, so a second statement
+# can only be told by its first word: a query holding one of these as a bare word is refused (quote a column of that
+# name: [end]).
+STATEMENT_WORDS = frozenset("""
+ADD ALTER BACKUP BEGIN BREAK BULK CHECKPOINT CLOSE COMMIT CONTINUE CREATE DBCC DEALLOCATE DECLARE DELETE DENY DISABLE
+DROP ENABLE END EXEC EXECUTE FETCH GET GO GOTO GRANT IF INSERT INTO KILL MERGE MOVE NEXT OPEN OPENDATASOURCE OPENQUERY
+OPENROWSET OPENXML PRINT RAISERROR READTEXT RECEIVE RECONFIGURE RESTORE RETURN REVERT REVOKE ROLLBACK SAVE SEND SET
+SETUSER SHUTDOWN THROW TRUNCATE UPDATE UPDATETEXT USE WAITFOR WHILE WRITETEXT
+""".split())
 
-    It must be one SELECT whose parentheses balance (so that, wrapped as a derived table, all of it stays inside the
-    derived table, where SQL Server's grammar admits no other statement, no ``INTO`` and no transaction control).
+
+def read_only_problem(query):
+    """Why ``query`` is not one read-only query (a str), or None.
+
+    The text is split as SQL Server splits it (:func:`_tokens`: strings, quoted names, nested comments, ``1DROP`` as
+    two tokens). It must start with SELECT or WITH, hold no ``;`` but a trailing one, no ODBC escape and no bare word
+    of :data:`STATEMENT_WORDS`.
     """
     try:
         tokens = list(_tokens(query))
@@ -273,31 +286,17 @@ def read_only_problem(query):
         return "it has %s" % exc
     while tokens and tokens[-1] == ("symbol", ";"):
         tokens.pop()
-    if not tokens or tokens[0][0] != "word" or tokens[0][1].upper() != "SELECT":
-        return "it must be one SELECT statement (a WITH ... SELECT cannot run as a derived table)"
-    depth = 0
+    if not tokens or tokens[0][0] != "word" or tokens[0][1].upper() not in ("SELECT", "WITH"):
+        return "it must be one SELECT (or WITH ... SELECT) statement"
     for kind, text in tokens:
-        if kind == "symbol" and text == "(":
-            depth += 1
-        elif kind == "symbol" and text == ")":
-            depth -= 1
-            if depth < 0:
-                return "its parentheses do not balance"
-        elif kind == "symbol" and text == ";":
+        if kind == "symbol" and text == ";":
             return "it must be a single statement"
-        elif kind == "symbol" and text in "{}":
+        if kind == "symbol" and text in "{}":
             return "ODBC escape sequences ({...}) are not accepted"
-    if depth:
-        return "its parentheses do not balance"
+        if kind == "word" and text.upper() in STATEMENT_WORDS:
+            return ("it contains %s, which starts another statement or writes (quote a column of that name: [%s])"
+                    % (text.upper(), text))
     return None
-
-
-def read_only_wrapped(query):
-    """``query`` (checked by :func:`read_only_problem`) as a derived table whose first row is returned."""
-    body = query.rstrip()
-    while body.endswith(";"):
-        body = body[:-1].rstrip()
-    return "SELECT TOP (1) * FROM (\n%s\n) AS mi_login_check" % body
 
 
 HOST_FORBIDDEN = re.compile(r"[;,={}\s]")

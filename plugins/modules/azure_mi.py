@@ -14,7 +14,7 @@ description:
   - Creates, updates (tags) or deletes a user-assigned managed identity
     (C(Microsoft.ManagedIdentity/userAssignedIdentities), api-version 2024-11-30) and returns its ids.
   - A re-run with nothing to change makes no write call. In check mode nothing is written and the ids Azure
-    assigns on creation (client, principal and tenant id) are returned as C((known after apply)).
+    assigns on creation (client, principal and tenant id) are returned as the text "(known after apply)".
 author: csa-inabox core team (@csa-inabox)
 options:
   name:

@@ -46,14 +46,17 @@ options:
         C(SELECT CURRENT_USER) (Azure SQL).
       - PostgreSQL runs it as a single prepared statement in a read-only transaction that is rolled back, so it cannot
         change anything (several statements separated by C(;) are refused).
-      - Azure SQL has no read-only transactions. The query must be one C(SELECT) with balanced parentheses (checked
-        before connecting, with T-SQL's rules for strings, quoted names and nested comments); it runs as a derived
-        table, C(SELECT TOP (1) * FROM (<query>) AS mi_login_check), where SQL Server's grammar admits no other
-        statement, no C(INTO) and no transaction control, and the transaction is rolled back. So C(WITH) and
-        C(ORDER BY) without C(TOP) are not accepted there.
+      - Azure SQL has no read-only transactions. Before connecting, the module splits the query as SQL Server does
+        (strings, quoted names, nested comments) and refuses anything but one C(SELECT) or C(WITH ... SELECT).
+        There must be no C(;) inside, no C(INTO), and no bare word that starts another statement (T-SQL needs no separator between
+        statements), such as C(DROP), C(EXEC) or C(COMMIT). Quote a column with such a name (C([end])). It then runs
+        in a transaction that is rolled back.
     type: str
   expected_user:
-    description: Fail unless the database reports this C(current_user). Defaults to O(user).
+    description:
+      - Fail unless the database reports this C(current_user). Defaults to O(user).
+      - Required for Azure SQL (or O(user)); compared case-insensitively there, as the server compares names. An
+        identity that is the server's Entra administrator is C(dbo) there.
     type: str
   connect_timeout:
     description: Seconds to wait for the connection.
@@ -208,7 +211,7 @@ def check_sql(mod, token):
         except sql.driver_errors(driver) as exc:
             raise LoginFailed(exc)
         try:
-            cur.execute(sql.read_only_wrapped(params["query"]) if params["query"] else "SELECT CURRENT_USER")
+            cur.execute(params["query"] or "SELECT CURRENT_USER")
             row = cur.fetchone() if cur.description else None
         except sql.driver_errors(driver) as exc:
             raise QueryFailed(connected_as, exc)

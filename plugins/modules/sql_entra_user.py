@@ -416,6 +416,7 @@ def main():
                     cur.execute(statement)
                 except errors as exc:
                     conn.rollback()
+                    result.update(created=False, replaced=False)  # rolled back: what was planned did not happen
                     mod.fail("%s failed (SQL Server error %s) on %s; rolled back, nothing was changed (ran before it: "
                              "%s)" % (statement, sql.error_number(exc), target, "; ".join(statements[:done]) or "none"),
                              exc, **result)
@@ -423,6 +424,7 @@ def main():
                 after = read_user(cur, params["name"]) or {}
                 if guid and after.get("sid_guid") != guid.lower():  # a name lookup that found someone else
                     conn.rollback()
+                    result.update(created=False, replaced=False)
                     mod.fail("the directory resolved %r to the principal %s, not %s; rolled back, nothing was changed. "
                              "Use create_from=sid" % (params["name"], after.get("sid_guid"), guid), **result)
             conn.commit()

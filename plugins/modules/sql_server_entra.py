@@ -34,7 +34,7 @@ options:
     type: dict
     suboptions:
       login:
-        description: Display name of the user, group or application (what C(SUSER_SNAME()) shows).
+        description: Display name of the user, group or application (what the C(SUSER_SNAME) function shows).
         type: str
         required: true
       sid:
