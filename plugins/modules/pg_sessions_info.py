@@ -29,19 +29,10 @@ options:
     type: list
     elements: str
     default: []
-  window_seconds:
-    description:
-      - Watch for this many seconds, looking every O(poll_seconds), and report every matching session seen.
-        C(0) looks once.
-    type: int
-    default: 0
-  poll_seconds:
-    description: Seconds between looks while watching.
-    type: int
-    default: 2
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
   - csa_inabox.managed_identity.postgres
+  - csa_inabox.managed_identity.sessions
   - csa_inabox.managed_identity.postgres.admin
   - csa_inabox.managed_identity.attributes.read_only
 """

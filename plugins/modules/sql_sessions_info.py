@@ -28,19 +28,10 @@ options:
     type: list
     elements: str
     required: true
-  window_seconds:
-    description:
-      - Watch for this many seconds, looking every O(poll_seconds), and report every matching session seen.
-        C(0) looks once.
-    type: int
-    default: 0
-  poll_seconds:
-    description: Seconds between looks while watching.
-    type: int
-    default: 2
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
   - csa_inabox.managed_identity.sqlserver
+  - csa_inabox.managed_identity.sessions
   - csa_inabox.managed_identity.attributes.read_only
 """
 
