@@ -20,6 +20,18 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   while Entra-only authentication is on). One admin per server; ``principalType`` comes from the lab directory.
 * ``servers/{s}/azureADOnlyAuthentications/Default``: PUT (202 as above; ``true`` without an admin is 400
   ``InvalidServerAADOnlyAuthNoAADAdminPropertyName``), GET.
+* ``Microsoft.DocumentDB/databaseAccounts`` (Cosmos DB for NoSQL): GET, list, PATCH of ``properties.disableLocalAuth``
+  and ``tags`` (200 with ``provisioningState: Updating`` + ``Azure-AsyncOperation``, then the SDK's final GET), POST
+  ``listKeys`` (200), POST ``regenerateKey`` (``{keyKind}``: 202 + ``Azure-AsyncOperation``). The keys are random
+  per lab and live in ``paths().secrets`` (``cosmos_accounts``), never in the ARM state. ``documentEndpoint`` is the
+  lab's Cosmos data-plane port (``config.Ports.cosmos``; the front that will serve it is not built yet).
+* ``databaseAccounts/{a}/sqlRoleDefinitions[/{id}]``: GET, list: the two built-in roles only (Data Reader ``...0001``,
+  Data Contributor ``...0002``).
+* ``databaseAccounts/{a}/sqlRoleAssignments[/{guid}]``: PUT (202 + ``Azure-AsyncOperation``, then the SDK's final
+  GET), GET, list, DELETE (202, or 204 when absent). As in Cosmos, ``roleDefinitionId`` and ``scope`` must be fully
+  qualified ids of this account (scope: the account, optionally ``/dbs/{db}[/colls/{c}]``), the principal must be
+  in the lab directory (400 ``BadRequest`` "... was not found in the AAD tenant(s) ..."), and the same
+  (principal, role, scope) may be assigned again under another id.
 * ``/subscriptions/{s}/providers/{ns}/locations/{l}/azureAsyncOperation|operationResults/{id}``: operation status.
 
 Every request needs a lab bearer token for the ``resource_manager`` audience (401 ``InvalidAuthenticationToken``)
@@ -32,28 +44,34 @@ Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /la
 Not emulated: Azure RBAC (any valid token may do anything), locks, policy, tags-only PATCH of identities,
 federated credentials, PUT of VMs or servers (only the seeded ones exist), any VM/server property other than
 ``identity``/``tags``/``authConfig`` (SQL: other than the Entra admin and Entra-only flag; no server PUT/PATCH, no
-list of ``administrators`` or ``azureADOnlyAuthentications``, no managed instances), system-assigned identities
+list of ``administrators`` or ``azureADOnlyAuthentications``, no managed instances; Cosmos: no account PUT, no
+``sqlDatabases``/``containers`` routes (the seeded ones are only read by the lab), no custom role definitions,
+no ``listReadOnlyKeys``/``listConnectionStrings``, no check that a scope's database or container exists, no
+exclusive-lock 412 of its own: inject it), system-assigned identities
 beyond the ``type`` flag (no principal, no token), the resource actually being "Updating" while its operation runs
 (the change is applied at once; the operation reports ``InProgress`` for ~100 ms so clients really poll), rate
 limiting (the ``x-ms-ratelimit-remaining-*`` headers count down from ARM's hourly budgets but never reach 429 on their own: inject faults instead).
 The PostgreSQL validation errors (``InvalidAuthConfig``, ``EntraAuthDisabled``) and the SQL request checks
 (``InvalidParameterValue``: admin without ``login``/``sid``, non-GUID ``sid``) use lab codes: the real ones are not
-documented; their messages say what Azure requires.
+documented; their messages say what Azure requires. The Cosmos messages for a bad ``scope`` or
+``roleDefinitionId`` are the lab's words in Cosmos's format (``BadRequest``, an ``ActivityId`` line).
 """
 from __future__ import annotations
 
+import base64
 import copy
 import datetime
 import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import uuid
 from typing import Protocol
 
-from .config import LabPaths
+from .config import LabPaths, ports as configured_ports
 from .directory import Directory
 from .tokens import Issuer, TokenError
 from .web import JsonHandler
@@ -73,7 +91,24 @@ PG_ADMIN = PG + "/administrators"
 SQL = "Microsoft.Sql/servers"
 SQL_ADMIN = SQL + "/administrators"
 SQL_AAD_ONLY = SQL + "/azureADOnlyAuthentications"
+COSMOS = "Microsoft.DocumentDB/databaseAccounts"
+COSMOS_ROLE_DEFINITION = COSMOS + "/sqlRoleDefinitions"
+COSMOS_ROLE_ASSIGNMENT = COSMOS + "/sqlRoleAssignments"
+COSMOS_DATABASE = COSMOS + "/sqlDatabases"
+COSMOS_CONTAINER = COSMOS_DATABASE + "/containers"
 RG = "Microsoft.Resources/resourceGroups"
+
+# keyKind of regenerateKey -> the listKeys field it renews.
+COSMOS_KEY_KINDS = {"primary": "primaryMasterKey", "secondary": "secondaryMasterKey",
+                    "primaryReadonly": "primaryReadonlyMasterKey", "secondaryReadonly": "secondaryReadonlyMasterKey"}
+# The built-in data-plane roles every account has (these are not Azure RBAC roles): id -> (roleName, dataActions).
+COSMOS_BUILT_IN_ROLES = {
+    "00000000-0000-0000-0000-000000000001": ("Cosmos DB Built-in Data Reader", (
+        "readMetadata", "sqlDatabases/containers/executeQuery", "sqlDatabases/containers/readChangeFeed",
+        "sqlDatabases/containers/items/read")),
+    "00000000-0000-0000-0000-000000000002": ("Cosmos DB Built-in Data Contributor", (
+        "readMetadata", "sqlDatabases/containers/*", "sqlDatabases/containers/items/*")),
+}
 
 
 class PostgresHooks(Protocol):
@@ -103,6 +138,24 @@ def _utcnow() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _cosmos_error(status: int, code: str, message: str) -> ArmError:
+    """An error as Cosmos DB's resource provider words it: the message ends with an ``ActivityId`` line."""
+    return ArmError(status, code, f"{message}\r\nActivityId: {uuid.uuid4()}, Microsoft.Azure.Documents.Common/2.14.0")
+
+
+def _cosmos_key() -> str:
+    """A new account key: 64 random bytes in base64, like Cosmos's 88-character keys."""
+    return base64.b64encode(secrets.token_bytes(64)).decode()
+
+
+def _guid(value) -> str | None:
+    """``value`` as a lower-case GUID string, ``None`` when it is not one."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
+
+
 def _not_found(type_: str, name: str, rg: str) -> ArmError:
     return ArmError(404, "ResourceNotFound",
                     f"The Resource '{type_}/{name}' under resource group '{rg}' was not found. "
@@ -112,11 +165,14 @@ def _not_found(type_: str, name: str, rg: str) -> ArmError:
 class ArmState:
     """The ARM double's resources, operations, counters and faults; every public method is thread-safe.
 
-    ``hooks`` receives Entra admin changes on flexible servers (see :class:`PostgresHooks`).
+    ``hooks`` receives Entra admin changes on flexible servers (see :class:`PostgresHooks`). ``cosmos_port`` is where
+    Cosmos accounts' ``documentEndpoint`` points (default: the configured lab's ``Ports.cosmos``).
     """
 
-    def __init__(self, paths: LabPaths, topology: dict, directory: Directory, hooks: PostgresHooks):
+    def __init__(self, paths: LabPaths, topology: dict, directory: Directory, hooks: PostgresHooks,
+                 cosmos_port: int | None = None):
         self.paths = paths
+        self.cosmos_port = cosmos_port or configured_ports().cosmos
         self.topology = topology
         self.tenant_id = topology["tenant_id"]
         self.subscription_id = topology["subscription_id"]
@@ -136,6 +192,7 @@ class ArmState:
         for resource in self._resources.values():
             if resource["type"] == MI:
                 self._register(resource)
+        self._cosmos_keys = self._ensure_cosmos_keys()
 
     # ----- the seeded world and persistence -----
 
@@ -177,6 +234,29 @@ class ArmState:
                     "administratorLogin": server["administrator_login"], "version": "12.0", "state": "Ready",
                     "fullyQualifiedDomainName": server.get("fully_qualified_domain_name", "localhost"),
                     "publicNetworkAccess": "Enabled", "minimalTlsVersion": "1.2"}})
+        for account in topo.get("cosmos_accounts", []):
+            self._seed_cosmos(account, location)
+
+    def _seed_cosmos(self, account: dict, location: str) -> None:
+        """A Cosmos DB for NoSQL account with key authentication on, and its databases and containers."""
+        account_id = self._id(account["resource_group"], COSMOS, account["name"])
+        self._store({
+            "id": account_id, "name": account["name"], "type": COSMOS, "location": location,
+            "kind": "GlobalDocumentDB", "tags": {}, "identity": {"type": "None"},
+            "properties": {
+                "provisioningState": "Succeeded", "databaseAccountOfferType": "Standard",
+                "disableLocalAuth": False, "disableKeyBasedMetadataWriteAccess": False,
+                "publicNetworkAccess": "Enabled", "enableAutomaticFailover": False, "capabilities": [],
+                "consistencyPolicy": {"defaultConsistencyLevel": "Session"},
+                "locations": [{"locationName": location, "failoverPriority": 0, "isZoneRedundant": False}]}})
+        for database, spec in (account.get("databases") or {}).items():
+            database_id = f"{account_id}/sqlDatabases/{database}"
+            self._store({"id": database_id, "name": database, "type": COSMOS_DATABASE,
+                         "properties": {"resource": {"id": database}}})
+            for container in (spec or {}).get("containers", []):
+                self._store({"id": f"{database_id}/containers/{container}", "name": container,
+                             "type": COSMOS_CONTAINER, "properties": {"resource": {
+                                 "id": container, "partitionKey": {"paths": ["/id"], "kind": "Hash"}}}})
 
     def _seed_missing(self) -> None:
         """Add the topology's resources that a kept state lacks (a lab made from an older ``topology.yml``): the
@@ -190,6 +270,26 @@ class ArmState:
             self._save()
             LOG.info("added %d resource(s) of topology.yml that the kept state lacked: %s", len(missing),
                      ", ".join(sorted(body["name"] for body in missing.values())))
+
+    def _ensure_cosmos_keys(self) -> dict[str, dict[str, str]]:
+        """Every Cosmos account's keys (account name -> the four ``listKeys`` fields), creating the missing ones in
+        the lab secrets file's ``cosmos_accounts`` entry; the file's other entries are kept."""
+        stored = json.loads(self.paths.secrets.read_text()) if self.paths.secrets.exists() else {}
+        keys = stored.setdefault("cosmos_accounts", {})
+        missing = [r["name"] for r in self._resources.values() if r["type"] == COSMOS and r["name"] not in keys]
+        for name in missing:
+            keys[name] = {field: _cosmos_key() for field in COSMOS_KEY_KINDS.values()}
+        if missing:
+            self._save_secrets(stored)
+        return keys
+
+    def _save_secrets(self, stored: dict) -> None:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.paths.secrets.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(stored, handle, indent=1)
+        os.replace(tmp, self.paths.secrets)
 
     def _save(self) -> None:
         tmp = self.paths.arm_state.with_suffix(".tmp")
@@ -255,6 +355,26 @@ class ArmState:
                 raise KeyError(server_name)
             return copy.deepcopy(server["properties"].get("administrators"))
 
+    def cosmos_account(self, account_name: str) -> dict:
+        """What the Cosmos data-plane front needs about an account: ``{"disableLocalAuth": bool, "keys":
+        {"primaryMasterKey", "secondaryMasterKey", "primaryReadonlyMasterKey", "secondaryReadonlyMasterKey"},
+        "assignments": [{"principalId", "roleDefinitionId", "scope"}], "endpoint": "https://localhost:<port>/",
+        "databases": {database: [container, ...]}}``; ``KeyError`` for an unknown account."""
+        with self._lock:
+            account = self._by_name(COSMOS, account_name)
+            if account is None:
+                raise KeyError(account_name)
+            prefix = account["id"].lower() + "/"
+            children = [r for k, r in self._resources.items() if k.startswith(prefix)]
+            databases = {r["name"]: [c["name"] for c in children if c["type"] == COSMOS_CONTAINER
+                                     and c["id"].lower().startswith(r["id"].lower() + "/")]
+                         for r in children if r["type"] == COSMOS_DATABASE}
+            assignments = [{k: r["properties"][k] for k in ("principalId", "roleDefinitionId", "scope")}
+                           for r in children if r["type"] == COSMOS_ROLE_ASSIGNMENT]
+            return {"disableLocalAuth": bool(account["properties"]["disableLocalAuth"]),
+                    "keys": dict(self._cosmos_keys[account["name"]]), "assignments": assignments,
+                    "endpoint": self._cosmos_endpoint(), "databases": databases}
+
     def vm_user_assigned_identities(self, vm_name: str) -> dict | None:
         """The VM's ``identity.userAssignedIdentities`` (resource id -> ``{principalId, clientId}``), ``{}`` when
         it has none, ``None`` when there is no such VM."""
@@ -265,7 +385,7 @@ class ArmState:
             return copy.deepcopy(vm.get("identity", {}).get("userAssignedIdentities", {}))
 
     def dump(self) -> dict:
-        """Everything, for ``GET /lab/state`` (ARM state holds no secrets)."""
+        """Everything, for ``GET /lab/state`` (ARM state holds no secrets: Cosmos keys stay in the secrets file)."""
         with self._lock:
             return {"resources": copy.deepcopy(list(self._resources.values())),
                     "operations": copy.deepcopy(list(self._operations.values())),
@@ -305,6 +425,7 @@ class ArmState:
         (default 1), optional ``retry_after`` (seconds), ``code``, ``message``."""
         status = int(spec["status"])
         default_code = {429: "SubscriptionRequestsThrottled", 409: "AnotherOperationInProgress",
+                        412: "PreconditionFailed",
                         500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable",
                         504: "GatewayTimeout"}.get(status, "LabInjectedFault")
         fault = {"id": str(uuid.uuid4()), "method": spec.get("method", "*").upper(), "path": spec.get("path", ""),
@@ -347,7 +468,7 @@ class ArmState:
 
     def _operation(self, base_url: str, api_version: str, error: ArmError | None = None,
                    provider: str = "Microsoft.DBforPostgreSQL") -> dict[str, str]:
-        """Record an operation and return the headers of its 202 answer (PostgreSQL and SQL have 202s here)."""
+        """Record an operation and return the headers of the answer that starts it (a 202, or Cosmos's PATCH 200)."""
         op_id = str(uuid.uuid4())
         self._operations[op_id] = {"name": op_id, "status": "InProgress", "startTime": _utcnow(),
                                    "done_at": time.monotonic() + OPERATION_S,
@@ -694,14 +815,158 @@ class ArmState:
                 self._save()
             return self._operation(base_url, api_version, provider="Microsoft.Sql")
 
+    # ----- Cosmos DB accounts: keys, local authentication, data-plane role assignments -----
+
+    def _cosmos_endpoint(self) -> str:
+        return f"https://localhost:{self.cosmos_port}/"
+
+    def _cosmos_view(self, account: dict) -> dict:
+        """The account as GET returns it: the endpoint depends on this lab's ports, so it is not stored."""
+        view = copy.deepcopy(account)
+        endpoint = self._cosmos_endpoint()
+        view["properties"]["documentEndpoint"] = endpoint
+        for location in view["properties"]["locations"]:
+            location["documentEndpoint"] = endpoint
+        return view
+
+    def cosmos_patch(self, rg: str, name: str, body: dict, base_url: str,
+                     api_version: str) -> tuple[dict, dict[str, str]]:
+        """Apply ``properties.disableLocalAuth`` and ``tags``; return the 200's body (``Updating``) and headers."""
+        props = body.get("properties") or {}
+        others = sorted((set(body) - {"properties", "tags", "location"}) | (set(props) - {"disableLocalAuth"}))
+        if others:
+            raise ArmError(400, "LabNotEmulated", f"The lab's Cosmos DB accounts only change properties."
+                           f"disableLocalAuth and tags, not {', '.join(others)} (see azurelab/arm.py).")
+        if "disableLocalAuth" in props and not isinstance(props["disableLocalAuth"], bool):
+            raise _cosmos_error(400, "BadRequest", f"Invalid value '{props['disableLocalAuth']}' for "
+                                "'disableLocalAuth': use true or false.")
+        with self._lock:
+            account = copy.deepcopy(self._require(rg, COSMOS, name))
+            if "tags" in body:
+                account["tags"] = body["tags"] or {}
+            if "disableLocalAuth" in props:
+                account["properties"]["disableLocalAuth"] = props["disableLocalAuth"]
+            self._store(account)
+            self._save()
+            answer = self._cosmos_view(account)
+            answer["properties"]["provisioningState"] = "Updating"
+            return answer, self._operation(base_url, api_version, provider="Microsoft.DocumentDB")
+
+    def cosmos_list_keys(self, rg: str, name: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._cosmos_keys[self._require(rg, COSMOS, name)["name"]])
+
+    def cosmos_regenerate_key(self, rg: str, name: str, body: dict, base_url: str,
+                              api_version: str) -> dict[str, str]:
+        """Renew the ``keyKind`` key (in the secrets file too); return the 202's headers."""
+        field = COSMOS_KEY_KINDS.get(body.get("keyKind"))
+        if field is None:
+            raise _cosmos_error(400, "BadRequest", f"Invalid keyKind '{body.get('keyKind')}': use "
+                                f"{', '.join(COSMOS_KEY_KINDS)}.")
+        with self._lock:
+            account = self._require(rg, COSMOS, name)
+            stored = json.loads(self.paths.secrets.read_text()) if self.paths.secrets.exists() else {}
+            current = dict(self._cosmos_keys[account["name"]])
+            keys = stored.setdefault("cosmos_accounts", {}).setdefault(account["name"], current)
+            keys[field] = _cosmos_key()
+            self._save_secrets(stored)
+            self._cosmos_keys[account["name"]] = dict(keys)
+            return self._operation(base_url, api_version, provider="Microsoft.DocumentDB")
+
+    def _cosmos_role_definition(self, account: dict, role_id: str) -> dict:
+        role_name, actions = COSMOS_BUILT_IN_ROLES[role_id]
+        return {"id": f"{account['id']}/sqlRoleDefinitions/{role_id}", "name": role_id,
+                "type": COSMOS_ROLE_DEFINITION,
+                "properties": {"roleName": role_name, "type": "BuiltInRole", "assignableScopes": [account["id"]],
+                               "permissions": [{"dataActions": [f"{COSMOS}/{a}" for a in actions],
+                                                "notDataActions": []}]}}
+
+    def cosmos_role_definitions(self, rg: str, name: str) -> list[dict]:
+        with self._lock:
+            account = self._require(rg, COSMOS, name)
+            return [self._cosmos_role_definition(account, role_id) for role_id in COSMOS_BUILT_IN_ROLES]
+
+    def cosmos_role_definition(self, rg: str, name: str, role_id: str) -> dict:
+        with self._lock:
+            account = self._require(rg, COSMOS, name)
+            if _guid(role_id) not in COSMOS_BUILT_IN_ROLES:
+                raise _cosmos_error(404, "NotFound", f"Unable to find a SQL Role Definition with ID [{role_id}].")
+            return self._cosmos_role_definition(account, _guid(role_id))
+
+    def _cosmos_assignments(self, account: dict) -> list[dict]:
+        prefix = account["id"].lower() + "/sqlroleassignments/"
+        return [r for k, r in self._resources.items() if k.startswith(prefix)]
+
+    def cosmos_assignment_list(self, rg: str, name: str) -> list[dict]:
+        with self._lock:
+            return copy.deepcopy(self._cosmos_assignments(self._require(rg, COSMOS, name)))
+
+    def cosmos_assignment_get(self, rg: str, name: str, assignment_id: str) -> dict:
+        with self._lock:
+            account = self._require(rg, COSMOS, name)
+            assignment = self._get(f"{account['id']}/sqlRoleAssignments/{assignment_id}")
+            if assignment is None:
+                raise _cosmos_error(404, "NotFound",
+                                    f"Unable to find a SQL Role Assignment with ID [{assignment_id}].")
+            return copy.deepcopy(assignment)
+
+    def cosmos_assignment_put(self, rg: str, name: str, assignment_id: str, body: dict, base_url: str,
+                              api_version: str) -> dict[str, str]:
+        """Create or replace the assignment as Cosmos validates it; return the 202's headers."""
+        props = body.get("properties") or {}
+        role, scope, principal = props.get("roleDefinitionId"), props.get("scope"), props.get("principalId")
+        if _guid(assignment_id) is None:
+            raise _cosmos_error(400, "BadRequest",
+                                f"The provided SQL Role Assignment ID [{assignment_id}] is not a valid GUID.")
+        if not role or not scope or not principal:
+            raise _cosmos_error(400, "BadRequest",
+                                "The properties roleDefinitionId, scope and principalId are required.")
+        with self._lock:
+            account = self._require(rg, COSMOS, name)
+            account_id = re.escape(account["id"])
+            found = re.fullmatch(account_id + r"/sqlRoleDefinitions/([^/]+)", role, re.IGNORECASE)
+            if found is None:
+                raise _cosmos_error(400, "BadRequest",
+                                    f"The provided role definition ID [{role}] is not valid: it must be the fully "
+                                    f"qualified id {account['id']}/sqlRoleDefinitions/{{roleDefinitionId}}.")
+            if _guid(found.group(1)) not in COSMOS_BUILT_IN_ROLES:
+                raise _cosmos_error(400, "BadRequest", f"The provided role definition ID [{role}] was not found.")
+            if not re.fullmatch(account_id + r"(/dbs/[^/]+(/colls/[^/]+)?)?/?", scope, re.IGNORECASE):
+                raise _cosmos_error(400, "BadRequest",
+                                    f"The provided scope [{scope}] is not valid: it must be the fully qualified id "
+                                    f"of database account [{account['id']}], optionally followed by "
+                                    f"/dbs/{{database}} or /dbs/{{database}}/colls/{{container}}.")
+            if _guid(principal) is None or self.directory.by_object_id(_guid(principal)) is None:
+                raise _cosmos_error(400, "BadRequest",
+                                    f"The provided principal ID [{principal}] was not found in the AAD tenant(s) "
+                                    f"[{self.tenant_id}] which are associated with the customer's subscription.")
+            self._store({"id": f"{account['id']}/sqlRoleAssignments/{_guid(assignment_id)}",
+                         "name": _guid(assignment_id), "type": COSMOS_ROLE_ASSIGNMENT,
+                         "properties": {"roleDefinitionId": role, "scope": scope.rstrip("/"),
+                                        "principalId": _guid(principal)}})
+            self._save()
+            return self._operation(base_url, api_version, provider="Microsoft.DocumentDB")
+
+    def cosmos_assignment_delete(self, rg: str, name: str, assignment_id: str, base_url: str,
+                                 api_version: str) -> dict[str, str] | None:
+        """The 202's headers, or ``None`` (204) when there was no such assignment."""
+        with self._lock:
+            account = self._require(rg, COSMOS, name)
+            if self._resources.pop(f"{account['id']}/sqlRoleAssignments/{assignment_id}".lower(), None) is None:
+                return None
+            self._save()
+            return self._operation(base_url, api_version, provider="Microsoft.DocumentDB")
+
     def list_in_rg(self, rg: str, type_: str) -> list[dict]:
         with self._lock:
             self._require_rg(rg)
-            return copy.deepcopy(self._in_rg(rg, type_))
+            found = self._in_rg(rg, type_)
+            return [self._cosmos_view(r) for r in found] if type_ == COSMOS else copy.deepcopy(found)
 
     def get(self, rg: str, type_: str, name: str) -> dict:
         with self._lock:
-            return copy.deepcopy(self._require(rg, type_, name))
+            resource = self._require(rg, type_, name)
+            return self._cosmos_view(resource) if type_ == COSMOS else copy.deepcopy(resource)
 
 
 class ArmHandler(JsonHandler):
@@ -793,7 +1058,7 @@ class ArmHandler(JsonHandler):
             return self.resource_group(state, method, rg, body)
         if len(seg) < 7 or seg[4] != "providers":
             raise self.unsupported()
-        type_ = {t.lower(): t for t in (MI, VM, PG, SQL)}.get(f"{seg[5]}/{seg[6]}")
+        type_ = {t.lower(): t for t in (MI, VM, PG, SQL, COSMOS)}.get(f"{seg[5]}/{seg[6]}")
         if type_ is None:
             raise self.unsupported()
         if len(seg) == 7:
@@ -808,6 +1073,9 @@ class ArmHandler(JsonHandler):
         sql_children = (["administrators", "activedirectory"], ["azureadonlyauthentications", "default"])
         if type_ == SQL and len(seg) == 10 and seg[8:] in sql_children:
             return self.sql_child(state, method, rg, name, seg[8], body, base_url, api)
+        if type_ == COSMOS and len(seg) in (9, 10):
+            return self.cosmos_child(state, method, rg, name, seg[8], raw[9] if len(seg) == 10 else None, body,
+                                     base_url, api)
         raise self.unsupported()
 
     def unsupported(self) -> ArmError:
@@ -852,6 +1120,9 @@ class ArmHandler(JsonHandler):
             return 200, state.vm_patch(rg, name, body), {}
         if type_ == PG and method == "PATCH":
             return 202, None, state.pg_patch(rg, name, body, base_url, api)
+        if type_ == COSMOS and method == "PATCH":
+            answer, headers = state.cosmos_patch(rg, name, body, base_url, api)
+            return 200, answer, headers
         raise self.unsupported()
 
     def pg_admin(self, state: ArmState, method: str, rg: str, server: str, object_id: str | None, body: dict,
@@ -882,6 +1153,29 @@ class ArmHandler(JsonHandler):
             return 200, state.sql_aad_only_get(rg, server), {}
         elif method == "PUT":
             return 202, None, state.sql_aad_only_put(rg, server, body, base_url, api)
+        raise self.unsupported()
+
+    def cosmos_child(self, state: ArmState, method: str, rg: str, account: str, child: str, child_id: str | None,
+                     body: dict, base_url: str, api: str):
+        if child_id is None:
+            if child == "listkeys" and method == "POST":
+                return 200, state.cosmos_list_keys(rg, account), {}
+            if child == "regeneratekey" and method == "POST":
+                return 202, None, state.cosmos_regenerate_key(rg, account, body, base_url, api)
+            if child == "sqlroledefinitions" and method == "GET":
+                return 200, {"value": state.cosmos_role_definitions(rg, account)}, {}
+            if child == "sqlroleassignments" and method == "GET":
+                return 200, {"value": state.cosmos_assignment_list(rg, account)}, {}
+        elif child == "sqlroledefinitions" and method == "GET":
+            return 200, state.cosmos_role_definition(rg, account, child_id), {}
+        elif child == "sqlroleassignments":
+            if method == "GET":
+                return 200, state.cosmos_assignment_get(rg, account, child_id), {}
+            if method == "PUT":
+                return 202, None, state.cosmos_assignment_put(rg, account, child_id, body, base_url, api)
+            if method == "DELETE":
+                headers = state.cosmos_assignment_delete(rg, account, child_id, base_url, api)
+                return (204, None, {}) if headers is None else (202, None, headers)
         raise self.unsupported()
 
     def lab_api(self, state: ArmState, body: bytes) -> tuple[int, dict | None]:

@@ -3,7 +3,7 @@
 Everything the lab writes goes below one ignored folder, ``.lab/`` at the repository root (``LAB_STATE_DIR``
 overrides it). Every server binds 127.0.0.1 only. Ports start at ``LAB_PORT_BASE`` (default 47000): base+1 .. base+6
 for the control plane, PostgreSQL and OpenBao, then one per Azure SQL server (base+7, base+8, ... in the order of
-``topology.yml``'s ``sql_servers``).
+``topology.yml``'s ``sql_servers``), then the Cosmos DB data plane.
 """
 from __future__ import annotations
 
@@ -28,13 +28,15 @@ class Ports:
     postgres: int  # TLS PostgreSQL front (token or password login), relays to the real server
     openbao: int  # HTTP: OpenBao dev server (the "before" state); openbao + 1 is its cluster port
     sql: tuple[int, ...] = ()  # TDS: one Azure SQL server each, in topology order; empty runs none
+    cosmos: int = 0  # HTTPS: the Cosmos DB data-plane front (not served yet; accounts' documentEndpoint names it)
 
     SQL_OFFSET = 7  # base + 6 is OpenBao's cluster port
 
     @classmethod
     def from_base(cls, base: int, sql_servers: int = 0) -> "Ports":
         return cls(entra=base + 1, arm=base + 2, identity=base + 3, postgres=base + 4, openbao=base + 5,
-                   sql=tuple(base + cls.SQL_OFFSET + i for i in range(sql_servers)))
+                   sql=tuple(base + cls.SQL_OFFSET + i for i in range(sql_servers)),
+                   cosmos=base + cls.SQL_OFFSET + sql_servers)
 
     def sql_servers(self, topology: dict) -> dict[str, int]:
         """Azure SQL server name -> port, for the servers these ports include (``{}`` when ``sql`` is empty)."""

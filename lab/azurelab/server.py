@@ -81,7 +81,7 @@ class Lab:
             backend = postgres.PostgresLab(paths, topology) if postgres else None
             hooks = backend or LoggedHooks()
         self.hooks = hooks
-        self.arm = ArmState(paths, topology, self.directory, hooks)
+        self.arm = ArmState(paths, topology, self.directory, hooks, cosmos_port=ports.cosmos)
         audiences = list(topology["audiences"].values())
         automation = read_secrets(paths).get(AUTOMATION_SP, {})
         secrets = {automation["client_id"]: automation["client_secret"]} if automation else {}

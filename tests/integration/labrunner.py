@@ -85,13 +85,13 @@ class RunningLab:
         return self.lab_api("GET", "counters")
 
     def secrets(self) -> list[str]:
-        """Every secret the lab holds (admin password, client secret, OpenBao root token): none may leak."""
+        """Every secret the lab holds (admin passwords, client secret, OpenBao root token, Cosmos keys): none may leak."""
         values = [(self.state / "openbao" / "token").read_text().strip()]
 
         def walk(node):
             if isinstance(node, dict):
                 for key, value in node.items():
-                    if isinstance(value, str) and any(k in key for k in ("password", "secret", "token")):
+                    if isinstance(value, str) and any(k in key.lower() for k in ("password", "secret", "token", "key")):
                         values.append(value)
                     walk(value)
 
