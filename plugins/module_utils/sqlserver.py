@@ -181,6 +181,24 @@ def connect_with(params, token, database=None):
                    params["connect_timeout"])
 
 
+def sign_in_or_fail(mod):
+    """For read-only modules: check the connection options, sign in to ``params["database"]`` with the module's own
+    token, and return ``(connection, driver name, "host:port/database")``; any problem fails the module
+    (``mod`` is an :class:`MIModule`)."""
+    params = mod.params
+    problem = option_problem(params)
+    if problem:
+        mod.fail(problem)
+    target = "%s:%s/%s" % (params["host"], params["port"], params["database"])
+    try:
+        conn, driver = connect_with(params, mod.token("sql"))
+    except DriverMissing as exc:
+        mod.fail(str(exc))
+    except Exception as exc:  # the driver's own error types: pyodbc.Error, mssql_python.Error
+        mod.fail("sign-in to %s failed" % target, exc)
+    return conn, driver, target
+
+
 def driver_errors(lib_name):
     """The exception base class of a driver, for ``except``."""
     if lib_name == "pyodbc":

@@ -97,16 +97,7 @@ def main():
         mod.fail("window_seconds must be >= 0 and poll_seconds >= 1")
     if not params["users"]:
         mod.fail("users must name at least one login")
-    problem = sql.option_problem(params)
-    if problem:
-        mod.fail(problem)
-    target = "%s:%s/%s" % (params["host"], params["port"], params["database"])
-    try:
-        conn, driver = sql.connect_with(params, mod.token("sql"))
-    except sql.DriverMissing as exc:
-        mod.fail(str(exc))
-    except Exception as exc:  # the driver's own error types: pyodbc.Error, mssql_python.Error
-        mod.fail("sign-in to %s failed" % target, exc)
+    conn, driver, target = sql.sign_in_or_fail(mod)
     seen = {}
     deadline = time.monotonic() + params["window_seconds"]
     try:

@@ -86,16 +86,7 @@ def main():
     spec.update(sql.SERVER_ARGUMENT_SPEC)
     mod = MIModule(spec)
     params = mod.params
-    problem = sql.option_problem(params)
-    if problem:
-        mod.fail(problem)
-    target = "%s:%s/%s" % (params["host"], params["port"], params["database"])
-    try:
-        conn, driver = sql.connect_with(params, mod.token("sql"))
-    except sql.DriverMissing as exc:
-        mod.fail(str(exc))
-    except Exception as exc:  # the driver's own error types: pyodbc.Error, mssql_python.Error
-        mod.fail("sign-in to %s failed" % target, exc)
+    conn, driver, target = sql.sign_in_or_fail(mod)
     try:
         cur = conn.cursor()
         cur.execute(QUERY)
