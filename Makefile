@@ -8,6 +8,7 @@ LAB_STATE_DIR ?= $(CURDIR)/.lab
 PLAYBOOK := source $(LAB_STATE_DIR)/env.sh && $(BIN)/ansible-playbook -i inventories/lab
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 COLLECTION_LINK := $(VENV)/collections/ansible_collections/csa_inabox/managed_identity
+COSMOS_BACKEND := lab/cosmos
 
 .PHONY: demo test venv system-packages lab-up lab-down lab-reset lab-status unit integration sanity molecule clean
 
@@ -19,10 +20,18 @@ demo: venv lab-up
 ## test: unit tests, ansible-test sanity, lab and playbook integration tests, Molecule
 test: unit sanity integration molecule
 
-venv: $(VENV)/.installed $(COLLECTION_LINK)
+venv: $(VENV)/.installed $(COLLECTION_LINK) $(COSMOS_BACKEND)/node_modules/.installed
 $(VENV)/.installed: requirements.txt requirements-lab.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-lab.txt
+	touch $@
+# The lab's Cosmos DB data plane runs @vercel/cosmosdb-server, pinned by lab/cosmos/package-lock.json; it needs Node.js
+# >= 20. `npm ci` reinstalls node_modules whenever the lock changes (--prefer-offline: npm's cache first).
+$(COSMOS_BACKEND)/node_modules/.installed: $(COSMOS_BACKEND)/package.json $(COSMOS_BACKEND)/package-lock.json
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null || \
+	  { echo "the lab's Cosmos DB backend needs Node.js >= 20 on PATH (found: $$(node --version 2>/dev/null || echo none))" >&2; \
+	    exit 1; }
+	cd $(COSMOS_BACKEND) && npm ci --no-audit --no-fund --prefer-offline --loglevel=error
 	touch $@
 # The working tree is the collection: link it where ansible.cfg's collections_path looks.
 $(COLLECTION_LINK):

@@ -24,7 +24,8 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   and ``tags`` (200 with ``provisioningState: Updating`` + ``Azure-AsyncOperation``, then the SDK's final GET), POST
   ``listKeys`` (200), POST ``regenerateKey`` (``{keyKind}``: 202 + ``Azure-AsyncOperation``). The keys are random
   per lab and live in ``paths().secrets`` (``cosmos_accounts``), never in the ARM state. ``documentEndpoint`` is the
-  lab's Cosmos data-plane port (``config.Ports.cosmos``; the front that will serve it is not built yet).
+  lab's Cosmos data-plane port (``config.Ports.cosmos``, served by :mod:`azurelab.cosmos`). A container's partition key
+  path comes from the topology's ``partition_keys`` (default ``/id``).
 * ``databaseAccounts/{a}/sqlRoleDefinitions[/{id}]``: GET, list: the two built-in roles only (Data Reader ``...0001``,
   Data Contributor ``...0002``).
 * ``databaseAccounts/{a}/sqlRoleAssignments[/{guid}]``: PUT (202 + ``Azure-AsyncOperation``, then the SDK's final
@@ -253,10 +254,12 @@ class ArmState:
             database_id = f"{account_id}/sqlDatabases/{database}"
             self._store({"id": database_id, "name": database, "type": COSMOS_DATABASE,
                          "properties": {"resource": {"id": database}}})
+            partition_keys = (spec or {}).get("partition_keys") or {}
             for container in (spec or {}).get("containers", []):
                 self._store({"id": f"{database_id}/containers/{container}", "name": container,
                              "type": COSMOS_CONTAINER, "properties": {"resource": {
-                                 "id": container, "partitionKey": {"paths": ["/id"], "kind": "Hash"}}}})
+                                 "id": container,
+                                 "partitionKey": {"paths": [partition_keys.get(container, "/id")], "kind": "Hash"}}}})
 
     def _seed_missing(self) -> None:
         """Add the topology's resources that a kept state lacks (a lab made from an older ``topology.yml``): the
@@ -356,24 +359,28 @@ class ArmState:
             return copy.deepcopy(server["properties"].get("administrators"))
 
     def cosmos_account(self, account_name: str) -> dict:
-        """What the Cosmos data-plane front needs about an account: ``{"disableLocalAuth": bool, "keys":
-        {"primaryMasterKey", "secondaryMasterKey", "primaryReadonlyMasterKey", "secondaryReadonlyMasterKey"},
-        "assignments": [{"principalId", "roleDefinitionId", "scope"}], "endpoint": "https://localhost:<port>/",
-        "databases": {database: [container, ...]}}``; ``KeyError`` for an unknown account."""
+        """What the Cosmos data-plane front needs about an account: ``{"id": account resource id, "disableLocalAuth":
+        bool, "keys": {"primaryMasterKey", "secondaryMasterKey", "primaryReadonlyMasterKey",
+        "secondaryReadonlyMasterKey"}, "assignments": [{"principalId", "roleDefinitionId", "scope"}], "endpoint":
+        "https://localhost:<port>/", "databases": {database: [container, ...]}, "partitionKeys": {database:
+        {container: {"paths": [...], "kind": "Hash"}}}}``; ``KeyError`` for an unknown account."""
         with self._lock:
             account = self._by_name(COSMOS, account_name)
             if account is None:
                 raise KeyError(account_name)
             prefix = account["id"].lower() + "/"
             children = [r for k, r in self._resources.items() if k.startswith(prefix)]
-            databases = {r["name"]: [c["name"] for c in children if c["type"] == COSMOS_CONTAINER
-                                     and c["id"].lower().startswith(r["id"].lower() + "/")]
-                         for r in children if r["type"] == COSMOS_DATABASE}
+            containers = {r["name"]: [c for c in children if c["type"] == COSMOS_CONTAINER
+                                      and c["id"].lower().startswith(r["id"].lower() + "/")]
+                          for r in children if r["type"] == COSMOS_DATABASE}
             assignments = [{k: r["properties"][k] for k in ("principalId", "roleDefinitionId", "scope")}
                            for r in children if r["type"] == COSMOS_ROLE_ASSIGNMENT]
-            return {"disableLocalAuth": bool(account["properties"]["disableLocalAuth"]),
+            return {"id": account["id"], "disableLocalAuth": bool(account["properties"]["disableLocalAuth"]),
                     "keys": dict(self._cosmos_keys[account["name"]]), "assignments": assignments,
-                    "endpoint": self._cosmos_endpoint(), "databases": databases}
+                    "endpoint": self._cosmos_endpoint(),
+                    "databases": {db: [c["name"] for c in found] for db, found in containers.items()},
+                    "partitionKeys": {db: {c["name"]: copy.deepcopy(c["properties"]["resource"]["partitionKey"])
+                                           for c in found} for db, found in containers.items()}}
 
     def vm_user_assigned_identities(self, vm_name: str) -> dict | None:
         """The VM's ``identity.userAssignedIdentities`` (resource id -> ``{principalId, clientId}``), ``{}`` when

@@ -28,7 +28,7 @@ class Ports:
     postgres: int  # TLS PostgreSQL front (token or password login), relays to the real server
     openbao: int  # HTTP: OpenBao dev server (the "before" state); openbao + 1 is its cluster port
     sql: tuple[int, ...] = ()  # TDS: one Azure SQL server each, in topology order; empty runs none
-    cosmos: int = 0  # HTTPS: the Cosmos DB data-plane front (not served yet; accounts' documentEndpoint names it)
+    cosmos: int = 0  # HTTPS: the Cosmos DB data-plane front (azurelab.cosmos); accounts' documentEndpoint
 
     SQL_OFFSET = 7  # base + 6 is OpenBao's cluster port
 
@@ -135,7 +135,17 @@ def topology() -> dict:
         return yaml.safe_load(handle)
 
 
+def database_type(app: dict) -> str:
+    """``postgres`` (no ``database`` key: dynamic credentials from OpenBao's database secrets engine), ``sql`` or
+    ``cosmos`` (``database.type``), for an application of ``topology["applications"]``."""
+    return (app.get("database") or {}).get("type", "postgres")
+
+
 def is_sql_application(app: dict) -> bool:
-    """An application of ``topology["applications"]`` that uses Azure SQL (``database.type: sql``); the others use
-    PostgreSQL through OpenBao's database secrets engine."""
-    return (app.get("database") or {}).get("type") == "sql"
+    """An application of ``topology["applications"]`` that uses Azure SQL (``database.type: sql``)."""
+    return database_type(app) == "sql"
+
+
+def is_cosmos_application(app: dict) -> bool:
+    """An application of ``topology["applications"]`` that uses Cosmos DB (``database.type: cosmos``)."""
+    return database_type(app) == "cosmos"

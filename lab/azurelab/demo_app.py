@@ -24,6 +24,16 @@ Azure SQL (``db_type: sql``; tutorial Part 1, Step 5), pyodbc with "ODBC Driver 
   Lab plumbing, what a VM image would provide: the driver is registered with unixODBC from the lab's
   ``odbcinst.ini`` (:mod:`azurelab.odbc`), and ``SSL_CERT_FILE`` is set to ``db_ca_bundle`` (system CAs + lab CA).
 
+Azure Cosmos DB for NoSQL (``db_type: cosmos``; tutorial Part 3, Step 2), azure-cosmos with the account endpoint
+``db_endpoint``, database ``db_name`` and container ``db_container``; the app's ``query`` may use ``@cat``, bound to
+``query_category`` (the tutorial's ``SELECT * FROM c WHERE c.category = @cat``):
+
+* ``mode: vault`` (before): the tutorial's "before" code: hvac AppRole login, then the KV v2 secret
+  ``<vault_kv_mount>/<vault_kv_path>`` whose ``key`` is the account's primary key, passed as the client's credential.
+* ``mode: identity`` (after): the tutorial's "after" code: ``DefaultAzureCredential(managed_identity_client_id=...)``
+  as the client's credential (the SDK asks for a token for ``https://<endpoint host>/.default``). ``connected_as``
+  is the token's ``oid``: Cosmos DB has no notion of a current user.
+
 On a lab VM the caller sets ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` to that VM's managed identity endpoint
 (``http://127.0.0.1:<ports.identity>/vms/<vm>``), as IMDS is on a real VM.
 
@@ -31,7 +41,9 @@ Config keys: ``app``, ``vm``, ``mode``, ``db_host``, ``db_port``, ``db_name``, `
 ``vault_addr``, ``vault_approle_mount``, ``role_id``, ``secret_id_file``; identity mode adds
 ``managed_identity_client_id`` and ``db_user``. PostgreSQL adds ``db_sslmode``, ``db_sslrootcert`` and, in vault
 mode, ``vault_database_mount``, ``vault_role``. Azure SQL adds ``db_type: sql``, ``db_server`` (the logical
-server's name), ``db_ca_bundle`` and, in vault mode, ``vault_kv_mount``, ``vault_kv_path``.
+server's name), ``db_ca_bundle`` and, in vault mode, ``vault_kv_mount``, ``vault_kv_path``. Cosmos DB adds
+``db_type: cosmos``, ``db_account``, ``db_endpoint``, ``db_container``, ``query_category`` and, in vault mode,
+``vault_kv_mount``, ``vault_kv_path``.
 
 Prints one JSON line, ``{"app", "mode", "ok": true, "connected_as": <current user>, "rows": [...]}``, and exits 0;
 on failure ``{"app", "mode", "ok": false, "error": "<type>: <message>"}`` and exits 1. Neither holds a secret:
@@ -156,9 +168,62 @@ def run_sql(config: dict) -> tuple[str, list]:
     return connected_as, rows
 
 
+def _token_object_id(token: str) -> str | None:
+    """The ``oid`` claim of a token, read without verifying it (the database verified it)."""
+    import base64
+
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("oid")
+
+
+class _RecordingCredential:
+    """Passes ``get_token`` through and keeps the last token's ``oid``, to report which identity connected."""
+
+    def __init__(self, credential):
+        self.credential = credential
+        self.object_id = None
+
+    def get_token(self, *scopes, **kwargs):
+        token = self.credential.get_token(*scopes, **kwargs)
+        self.object_id = _token_object_id(token.token)
+        return token
+
+
+def run_cosmos(config: dict) -> tuple[str, list]:
+    """Tutorial Part 3: the key from Vault KV (before) or the managed identity (after); returns ``(principal, rows)``
+    where ``principal`` is ``key`` in vault mode (a key names nobody) and the token's ``oid`` in identity mode."""
+    from azure.cosmos import CosmosClient
+
+    if config["mode"] == "vault":
+        secret = approle_client(config).secrets.kv.v2.read_secret_version(
+            path=config["vault_kv_path"], mount_point=config["vault_kv_mount"], raise_on_deleted_version=True)
+        primary_key = secret["data"]["data"]["key"]
+        client = CosmosClient(url=config["db_endpoint"], credential=primary_key)
+        principal = None
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = _RecordingCredential(DefaultAzureCredential(
+            managed_identity_client_id=config.get("managed_identity_client_id")))
+        client = CosmosClient(url=config["db_endpoint"], credential=credential)
+        principal = credential
+    database = client.get_database_client(config["db_name"])
+    container = database.get_container_client(config["db_container"])
+    items = list(container.query_items(
+        query=config["query"],
+        parameters=[{"name": "@cat", "value": config.get("query_category", "electronics")}],
+        enable_cross_partition_query=True,
+    ))
+    rows = [[item.get("id"), item.get("category")] if isinstance(item, dict) else [item] for item in items]
+    return ("key" if principal is None else principal.object_id), rows
+
+
+RUNNERS = {"sql": run_sql, "cosmos": run_cosmos, "postgres": run_postgres}
+
+
 def run(config: dict) -> dict:
     """Connect as the config says, run the app's query; returns the result line (raises on failure)."""
-    connected_as, rows = (run_sql if config.get("db_type") == "sql" else run_postgres)(config)
+    connected_as, rows = RUNNERS[config.get("db_type", "postgres")](config)
     return {"app": config["app"], "mode": config["mode"], "ok": True, "connected_as": connected_as,
             "rows": [list(row) for row in rows]}
 

@@ -2,14 +2,16 @@
 
 ``up`` creates the CA and the lab secrets, starts PostgreSQL (``PostgresLab.start()`` + ``.setup()``), registers
 the ODBC driver and seeds the Azure SQL catalogs (:func:`azurelab.azuresql.seed_users`), spawns the control-plane
-server detached (:mod:`azurelab.server`, which also serves Azure SQL), waits until every port answers, starts and
-seeds OpenBao (``OpenBaoLab.start()`` + ``.seed()``, with the SQL users' new passwords), then writes
-``endpoints.json`` and ``env.sh``. It is idempotent.
-``down`` stops the server by its pid, then OpenBao, then PostgreSQL. ``reset`` = ``down`` + delete the state
-folder + ``up``. ``status`` exits 0 only when every component is up. ``env`` prints ``env.sh``
-(``eval "$(python -m azurelab env)"``). ``reset`` also wipes the Azure SQL catalogs (``<state>/sql/``).
+server detached (:mod:`azurelab.server`, which also serves Azure SQL and the Cosmos DB data plane), waits until every
+port answers, starts and seeds OpenBao (``OpenBaoLab.start()`` + ``.seed()``, with the SQL users' new passwords), then
+writes ``endpoints.json`` and ``env.sh``. It is idempotent.
+``down`` stops the server by its pid (which stops the Cosmos DB backend, its child), then OpenBao, then PostgreSQL.
+``reset`` = ``down`` + delete the state folder + ``up``. ``status`` exits 0 only when every component is up. ``env``
+prints ``env.sh`` (``eval "$(python -m azurelab env)"``). ``reset`` also wipes the Azure SQL catalogs
+(``<state>/sql/``).
 
-``LAB_COMPONENTS=azure`` runs the control plane only; ``LAB_STATE_DIR`` / ``LAB_PORT_BASE`` move the lab.
+``LAB_COMPONENTS=azure`` runs the control plane only (``azure,cosmos``: and Cosmos DB; see
+:func:`azurelab.server.components`); ``LAB_STATE_DIR`` / ``LAB_PORT_BASE`` move the lab.
 
 Not emulated: nothing - but the lab is not a service manager: no restart on crash, no log rotation.
 """
@@ -102,7 +104,16 @@ def _service_ports(ports: config.Ports) -> dict[str, int]:
         wanted["postgres"] = ports.postgres
     if optional_module("azuresql"):
         wanted.update(ports.sql_servers(config.topology()))
+    if cosmos_accounts(config.topology()):
+        wanted["cosmos"] = ports.cosmos
     return wanted
+
+
+def cosmos_accounts(topology: dict) -> list[str]:
+    """The Cosmos DB accounts whose data plane this lab serves: the first of ``cosmos_accounts`` when the component
+    runs (one front, one account; see :mod:`azurelab.cosmos`), else none."""
+    accounts = topology.get("cosmos_accounts") or []
+    return [accounts[0]["name"]] if accounts and optional_module("cosmos") else []
 
 
 def endpoints(paths: config.LabPaths, ports: config.Ports, topology: dict) -> dict:
@@ -114,7 +125,7 @@ def endpoints(paths: config.LabPaths, ports: config.Ports, topology: dict) -> di
         "ca_bundle": str(paths.ca_bundle),
         "secrets_file": str(paths.secrets),
         "ports": {"entra": ports.entra, "arm": ports.arm, "identity": ports.identity, "postgres": ports.postgres,
-                  "openbao": ports.openbao, "sql": ports.sql_servers(topology)},
+                  "openbao": ports.openbao, "sql": ports.sql_servers(topology), "cosmos": ports.cosmos},
         "authority_host": f"https://{config.HOST}:{ports.entra}",
         "resource_manager": f"https://{config.HOST}:{ports.arm}/",
         "audiences": topology["audiences"],
@@ -124,6 +135,8 @@ def endpoints(paths: config.LabPaths, ports: config.Ports, topology: dict) -> di
         # The ODBC driver checks the certificate's DNS name, not its IP address: Azure SQL clients use localhost.
         "sql_servers": {name: {"host": "localhost", "port": port}
                         for name, port in ports.sql_servers(topology).items()},
+        # Cosmos DB account -> its documentEndpoint (localhost: azure-cosmos asks for a token for scheme://host).
+        "cosmos": {name: f"https://localhost:{ports.cosmos}/" for name in cosmos_accounts(topology)},
         "vault_addr": f"http://{config.HOST}:{ports.openbao}",
     }
 
@@ -133,11 +146,18 @@ def sql_port_variable(server: str) -> str:
     return "LAB_SQL_PORT_" + "".join(c if c.isalnum() else "_" for c in server).upper()
 
 
+def cosmos_endpoint_variable(account: str) -> str:
+    """The env.sh variable holding a Cosmos DB account's endpoint URL: ``cosmos-lab`` ->
+    ``LAB_COSMOS_ENDPOINT_COSMOS_LAB``."""
+    return "LAB_COSMOS_ENDPOINT_" + "".join(c if c.isalnum() else "_" for c in account).upper()
+
+
 def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> str:
     """Bash exports for a shell on the control node (``vm-control``); no secret values.
 
     With Azure SQL in the lab it adds ``ODBCSYSINI`` / ``ODBCINSTINI`` (pyodbc finds "ODBC Driver 18 for SQL
-    Server" there; ``SSL_CERT_FILE`` makes the driver trust the lab CA) and one ``LAB_SQL_PORT_<SERVER>`` per server.
+    Server" there; ``SSL_CERT_FILE`` makes the driver trust the lab CA) and one ``LAB_SQL_PORT_<SERVER>`` per server;
+    with Cosmos DB, ``LAB_COSMOS_ENDPOINT_<ACCOUNT>`` (``https://localhost:<port>/``) per served account.
     """
     info = endpoints(paths, ports, topology)
     exports = {
@@ -156,6 +176,7 @@ def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> s
     if info["sql_servers"]:
         exports.update(odbc.environment(paths))
         exports.update({sql_port_variable(name): str(server["port"]) for name, server in info["sql_servers"].items()})
+    exports.update({cosmos_endpoint_variable(name): endpoint for name, endpoint in info["cosmos"].items()})
     lines = ["# Written by `python -m azurelab up`: the lab seen from its control node (vm-control)."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
     return "\n".join(lines) + "\n"
@@ -170,7 +191,8 @@ def up() -> int:
             if port_open(port)]
     if busy:
         print(f"lab ports already in use by something else ({', '.join(busy)}): another lab? Stop it, or start this "
-              f"one elsewhere with LAB_PORT_BASE=<base> (ports base+1 .. base+{6 + len(ports.sql)})", file=sys.stderr)
+              f"one elsewhere with LAB_PORT_BASE=<base> (ports base+1 .. base+{ports.cosmos - ports.entra + 1})",
+              file=sys.stderr)
         return 1
     started = time.monotonic()
     ca.ensure(paths)

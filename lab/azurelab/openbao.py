@@ -1,5 +1,5 @@
 """The lab's "before" state: a real OpenBao (Vault API) issuing dynamic PostgreSQL users to the demo apps, and
-keeping the Azure SQL apps' passwords in KV v2.
+keeping the Azure SQL apps' passwords and the Cosmos DB apps' account key in KV v2.
 
 :meth:`OpenBaoLab.start` runs ``bao server -dev`` on 127.0.0.1:<ports.openbao> (in memory: every start is a
 fresh Vault, so :meth:`OpenBaoLab.seed` runs after it). The root token is random per start and kept only in
@@ -17,8 +17,11 @@ the dev banner lines that print it are filtered out of ``logs/openbao.log``.
   ``<kv_mount>/<vault_kv_path>`` = ``{"username", "password"}`` of its contained SQL user. OpenBao ships no mssql
   database plugin, so the SQL "before" state is Vault's other pattern, a static secret in KV; the passwords come
   from :func:`azurelab.azuresql.seed_users`, new at every ``up`` (the dev server forgets KV when it stops);
+* KV v2 too, per Cosmos DB application (``database.type: cosmos``): ``<kv_mount>/<vault_kv_path>`` =
+  ``{"key": <the account's primary key>}``, the tutorial's "before" for Cosmos DB (the key ARM lists at seed time,
+  written only while the application is still in vault mode);
 * AppRole at ``vault.approle_mount``: per application a role and a policy reading ``<mount>/creds/<role>``
-  (PostgreSQL) or ``<kv_mount>/data/<vault_kv_path>`` (SQL);
+  (PostgreSQL) or ``<kv_mount>/data/<vault_kv_path>`` (SQL, Cosmos DB);
 * per application ``<state>/apps/<app>.json`` (see :mod:`azurelab.demo_app`) and ``<app>.secret-id`` (0600):
   the stored secret this project exists to remove.
 
@@ -42,7 +45,7 @@ import urllib.request
 
 import hvac
 
-from .config import HOST, LabPaths, Ports, is_sql_application
+from .config import HOST, LabPaths, Ports, database_type, is_cosmos_application, is_sql_application
 from .postgres import PostgresLab, pid_alive
 
 READY_TIMEOUT_S = 10
@@ -141,7 +144,7 @@ class OpenBaoLab:
     # -- seeding -----------------------------------------------------------------------------------------------
 
     def _postgres_apps(self) -> list[dict]:
-        return [app for app in self.topology["applications"] if not is_sql_application(app)]
+        return [app for app in self.topology["applications"] if database_type(app) == "postgres"]
 
     def seed(self, sql_credentials: dict[str, dict] | None = None) -> list[str]:
         """Configure the "before" state; returns what it changed (``[]`` on a re-run with nothing to do).
@@ -191,15 +194,53 @@ class OpenBaoLab:
                 "db_sslmode": "verify-full", "db_sslrootcert": str(self.paths.ca_cert)})
         if sql_credentials is not None:
             changed += self._seed_sql(client, sql_credentials)
+        changed += self._seed_cosmos(client)
+        return changed
+
+    def _ensure_kv(self, client: hvac.Client) -> list[str]:
+        kv_mount = self.topology["vault"]["kv_mount"]
+        if f"{kv_mount}/" in client.sys.list_mounted_secrets_engines()["data"]:
+            return []
+        client.sys.enable_secrets_engine(backend_type="kv", path=kv_mount, options={"version": "2"})
+        return [f"secrets engine {kv_mount}/"]
+
+    def _seed_cosmos(self, client: hvac.Client) -> list[str]:
+        """KV v2 secrets (``{"key": <the account's primary key>}``, as the tutorial's "before" code reads it),
+        AppRoles and demo app configs of the Cosmos DB applications.
+
+        The key is written only for an application still in vault mode: after the migration switched it, a lab
+        restart (the dev server forgets KV) must not bring the secret back. It is the key ARM lists now (the lab
+        secrets file), so a regenerated key is what a re-seeded app gets.
+        """
+        keys = json.loads(self.paths.secrets.read_text()).get("cosmos_accounts", {}) if self.paths.secrets.exists() else {}
+        # Without the ARM double (a PostgreSQL-only test stack) no account has keys: its applications are left out.
+        apps = [app for app in self.topology["applications"]
+                if is_cosmos_application(app) and app["database"]["account"] in keys]
+        if not apps:
+            return []
+        kv_mount = self.topology["vault"]["kv_mount"]
+        changed = self._ensure_kv(client)
+        for app in apps:
+            spec, path = app["database"], app["vault_kv_path"]
+            config_file = self.paths.apps / f"{app['name']}.json"
+            still_vault = not config_file.exists() or json.loads(config_file.read_text()).get("mode") == "vault"
+            if still_vault:
+                client.secrets.kv.v2.create_or_update_secret(
+                    path=path, secret={"key": keys[spec["account"]]["primaryMasterKey"]}, mount_point=kv_mount)
+                changed.append(f"secret {kv_mount}/{path}")
+            policy = f'path "{kv_mount}/data/{path}" {{\n  capabilities = ["read"]\n}}\n'
+            changed += self._seed_app(client, app, f"{app['name']}-cosmos-key", policy, {
+                "db_type": "cosmos", "db_account": spec["account"],
+                "db_endpoint": f"https://localhost:{self.ports.cosmos}/", "db_name": spec["name"],
+                "db_container": spec["container"], "query_category": app.get("query_category", "electronics"),
+                "vault_kv_mount": kv_mount, "vault_kv_path": path})
         return changed
 
     def _seed_sql(self, client: hvac.Client, credentials: dict[str, dict]) -> list[str]:
         """KV v2 secrets, AppRoles and demo app configs of the Azure SQL applications."""
-        vault, changed = self.topology["vault"], []
+        vault = self.topology["vault"]
         kv_mount = vault["kv_mount"]
-        if f"{kv_mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
-            client.sys.enable_secrets_engine(backend_type="kv", path=kv_mount, options={"version": "2"})
-            changed.append(f"secrets engine {kv_mount}/")
+        changed = self._ensure_kv(client)
         sql_ports = self.ports.sql_servers(self.topology)
         for app in filter(is_sql_application, self.topology["applications"]):
             spec, path = app["database"], app["vault_kv_path"]

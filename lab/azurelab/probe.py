@@ -9,6 +9,10 @@ number, e.g. ``Login failed for user 'sqladmin'. Reason: Azure Active Directory 
 ... (18456)``). The migration's audit uses it to show that a cutover really closed the password path (the
 collection itself never holds a database password).
 
+For a Cosmos DB account (``cosmos_accounts``) the "password" is the account's current primary key: azure-cosmos
+signs a request with it (master-key auth) and lists the databases; ``detail`` is Cosmos DB's message, e.g. ``Local
+Authorization is disabled. ...``.
+
 An Azure SQL server that cannot be reached at all is not "refused": the line then says ``"password_login":
 "error"`` and the exit status is 1.
 """
@@ -29,7 +33,35 @@ def password_login(server: str) -> dict:
     sql_servers = {s["name"]: s for s in topology().get("sql_servers", [])}
     if server in sql_servers:
         return sql_password_login(sql_servers[server])
+    if server in {a["name"] for a in topology().get("cosmos_accounts", [])}:
+        return cosmos_key_login(server)
     return postgres_password_login(server)
+
+
+def cosmos_key_login(account: str) -> dict:
+    """The account's current primary key, as a key-using client signs with it (azure-cosmos, master-key auth)."""
+    import logging
+
+    from azure.cosmos import CosmosClient
+    from azure.cosmos.exceptions import CosmosHttpResponseError
+
+    logging.getLogger("azure").setLevel(logging.ERROR)
+    key = read_secrets(paths())["cosmos_accounts"][account]["primaryMasterKey"]
+    try:
+        client = CosmosClient(f"https://localhost:{ports().cosmos}/", credential=key, retry_total=0)
+        list(client.list_databases())
+    except CosmosHttpResponseError as exc:
+        if exc.status_code in (401, 403):
+            return {"server": account, "password_login": "refused", "detail": _cosmos_message(exc)}
+        return {"server": account, "password_login": "error", "detail": _cosmos_message(exc)}
+    return {"server": account, "password_login": "accepted", "detail": ""}
+
+
+def _cosmos_message(exc: Exception) -> str:
+    """Cosmos DB's ``message`` of an error, without the SDK's headers and diagnostics."""
+    found = re.search(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"', str(exc))
+    text = json.loads(f'"{found.group(1)}"') if found else str(exc)
+    return text.splitlines()[0].strip()
 
 
 def postgres_password_login(server: str) -> dict:

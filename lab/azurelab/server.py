@@ -1,13 +1,15 @@
 """One process for the lab's Azure control plane: Entra (HTTPS), the VMs' managed identity endpoint (HTTP),
-ARM (HTTPS), when the PostgreSQL part of the lab is present and enabled the PostgreSQL front (TLS), and one Azure SQL
+ARM (HTTPS), when the PostgreSQL part of the lab is present and enabled the PostgreSQL front (TLS), one Azure SQL
 double (TDS) per server of ``topology.yml``'s ``sql_servers`` for which ``ports.sql`` has a port (see
-:mod:`azurelab.azuresql`).
+:mod:`azurelab.azuresql`), and the Cosmos DB data plane of the first of its ``cosmos_accounts`` (HTTPS, see
+:mod:`azurelab.cosmos`; its Node.js backend is this process's child and stops with it).
 
 Run by ``python -m azurelab up`` as ``python -m azurelab.server`` (detached; logs to ``paths().logs/server.log``;
 SIGTERM stops it cleanly). Tests can also build a :class:`Lab` in-process and pass their own ``hooks``.
 
-``LAB_COMPONENTS=azure`` leaves PostgreSQL, OpenBao and Azure SQL out (no front, no TDS servers; PostgreSQL Entra
-admin changes are only logged).
+``LAB_COMPONENTS=azure`` leaves PostgreSQL, OpenBao, Azure SQL and Cosmos DB out (no front, no TDS servers, no Cosmos
+data plane; PostgreSQL Entra admin changes are only logged). ``LAB_COMPONENTS`` may also list the parts to run beside
+the control plane, comma-separated: ``azure,cosmos`` runs the control plane and Cosmos DB only.
 
 Not emulated: anything about process supervision (a crashed server stays down until ``up`` runs again).
 """
@@ -32,11 +34,19 @@ from .web import LabHTTPServer
 log = logging.getLogger("azurelab")
 
 
+ALL_COMPONENTS = frozenset({"azure", "postgres", "openbao", "sql", "cosmos"})
+
+
 def components() -> set[str]:
-    """Which optional parts run: ``LAB_COMPONENTS`` = ``all`` (default) or ``azure`` (control plane only)."""
-    if os.environ.get("LAB_COMPONENTS", "all") == "azure":
-        return {"azure"}
-    return {"azure", "postgres", "openbao", "sql"}
+    """Which optional parts run: ``LAB_COMPONENTS`` = ``all`` (default), ``azure`` (control plane only), or the
+    control plane plus a comma-separated list (``azure,cosmos``); unknown names raise ``ValueError``."""
+    wanted = {name.strip() for name in os.environ.get("LAB_COMPONENTS", "all").split(",") if name.strip()}
+    if wanted == {"all"}:
+        return set(ALL_COMPONENTS)
+    if not wanted <= ALL_COMPONENTS:
+        raise ValueError(f"LAB_COMPONENTS: unknown {', '.join(sorted(wanted - ALL_COMPONENTS))} (use all, or some of "
+                         f"{', '.join(sorted(ALL_COMPONENTS))})")
+    return wanted | {"azure"}
 
 
 def optional_module(name: str):
@@ -45,7 +55,8 @@ def optional_module(name: str):
     The PostgreSQL and OpenBao parts of the lab are written in parallel with this one: this guard only covers
     their files not existing yet (an import error inside an existing file is raised, not hidden).
     """
-    wanted = {"postgres": "postgres", "pgfront": "postgres", "openbao": "openbao", "azuresql": "sql"}[name]
+    wanted = {"postgres": "postgres", "pgfront": "postgres", "openbao": "openbao", "azuresql": "sql",
+              "cosmos": "cosmos"}[name]
     if wanted not in components() or importlib.util.find_spec(f"azurelab.{name}") is None:
         return None
     return importlib.import_module(f"azurelab.{name}")
@@ -106,6 +117,9 @@ class Lab:
         azuresql = optional_module("azuresql")
         self.sql = azuresql.build(paths, topology, self.issuer, ports.sql_servers(topology), self.arm,
                                   self.directory, read_secrets(paths)) if azuresql else {}
+        cosmos = optional_module("cosmos")
+        self.cosmos = cosmos.CosmosFront(paths, topology, ports.cosmos, self.issuer, self.arm.cosmos_account) \
+            if cosmos and topology.get("cosmos_accounts") and ports.cosmos else None
 
     def start(self) -> None:
         for name, server in self.servers.items():
@@ -117,8 +131,12 @@ class Lab:
         log.info("control plane serving on %s", {n: s.server_address[1] for n, s in self.servers.items()})
         if self.sql:
             log.info("Azure SQL serving on %s", {n: s.port for n, s in self.sql.items()})
+        if self.cosmos is not None:
+            self.cosmos.start()
 
     def stop(self) -> None:
+        if self.cosmos is not None:
+            self.cosmos.stop()
         if self.front is not None:
             self.front.shutdown()
         for sql in self.sql.values():

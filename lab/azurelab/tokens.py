@@ -14,6 +14,7 @@ import base64
 import hashlib
 import time
 import uuid
+from collections.abc import Iterable
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -24,11 +25,15 @@ TOKEN_LIFETIME_S = 3600
 
 
 class TokenError(Exception):
-    """A token was refused; ``reason`` is short and safe to show (it never contains the token)."""
+    """A token was refused; ``reason`` is short and safe to show (it never contains the token).
 
-    def __init__(self, reason: str):
+    ``kind`` says why, for servers that word each case their own way: ``expired``, ``audience`` or ``invalid``.
+    """
+
+    def __init__(self, reason: str, kind: str = "invalid"):
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
 
 
 def normalise_audience(resource_or_scope: str) -> str:
@@ -83,11 +88,14 @@ class Issuer:
         token = jwt.encode(claims, self._private, algorithm="RS256", headers={"kid": self.kid})
         return token, claims["exp"]
 
-    def verify(self, token: str, audience: str) -> dict:
-        """Return the claims of a valid token for ``audience``; raise :class:`TokenError` otherwise.
+    def verify(self, token: str, audience: str | Iterable[str]) -> dict:
+        """Return the claims of a valid token for ``audience`` (or for any of several); raise :class:`TokenError`
+        otherwise.
 
         Checks the signature, ``iss``, ``aud``, ``exp`` and ``nbf`` (60 s leeway, like Entra's resource servers).
         """
+        audiences = [audience] if isinstance(audience, str) else list(audience)
+        expected = [normalise_audience(a) for a in audiences]
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -95,12 +103,12 @@ class Issuer:
         if header.get("kid") != self.kid:
             raise TokenError("signed by an unknown key")
         try:
-            return jwt.decode(token, self._public, algorithms=["RS256"], audience=normalise_audience(audience),
+            return jwt.decode(token, self._public, algorithms=["RS256"], audience=expected,
                               issuer=self.issuer, leeway=60, options={"require": ["exp", "aud", "iss", "oid"]})
         except jwt.ExpiredSignatureError:
-            raise TokenError("The access token has expired") from None
+            raise TokenError("The access token has expired", "expired") from None
         except jwt.InvalidAudienceError:
-            raise TokenError(f"audience is not {normalise_audience(audience)}") from None
+            raise TokenError(f"audience is not {' or '.join(expected)}", "audience") from None
         except jwt.PyJWTError as exc:
             raise TokenError(f"invalid token: {type(exc).__name__}") from None
 

@@ -23,6 +23,7 @@ _CLIENTS = {
     "compute": ("azure.mgmt.compute", "ComputeManagementClient"),
     "postgres": ("azure.mgmt.postgresqlflexibleservers", "PostgreSQLManagementClient"),
     "sql": ("azure.mgmt.sql", "SqlManagementClient"),
+    "cosmos": ("azure.mgmt.cosmosdb", "CosmosDBManagementClient"),
 }
 
 _RESOURCE_ID = re.compile(
@@ -33,7 +34,7 @@ _RESOURCE_ID = re.compile(
 class ArmClients:
     """Lazily built management clients for one credential, cloud and subscription.
 
-    ``clients.msi``, ``clients.compute``, ``clients.postgres``, ``clients.sql``: each is created on first use and
+    ``clients.msi``, ``clients.compute``, ``clients.postgres``, ``clients.sql``, ``clients.cosmos``: each is created on first use and
     reused.
     """
 

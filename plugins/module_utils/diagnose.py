@@ -84,6 +84,19 @@ REMEDIES = (
     (r"Connection refused|could not connect to server|timeout expired",
      "The server is not reachable from where this ran: run database tasks on a host inside the server's network "
      "(db_admin_host) and check firewall rules / private endpoints."),
+    (r"does not have required RBAC permissions to perform action",
+     "Cosmos DB data access needs a data-plane role: give the identity's principal id Data Reader or Data Contributor "
+     "on the account, database or container (cosmos_rbac). Azure RBAC roles such as Contributor give no data access, "
+     "and database and container names are case-sensitive in the scope."),
+    (r"Local Authorization is disabled",
+     "The account accepts Microsoft Entra tokens only (disableLocalAuth): connect with a token credential, or switch "
+     "keys back on with cosmos_account_entra disable_local_auth=false while rolling back."),
+    (r"input authorization token can't serve the request",
+     "Cosmos DB refused the key: it is wrong, or the account's keys were regenerated. Read the current key from ARM "
+     "(listKeys), or better, use the application's managed identity."),
+    (r"principal ID \[[^\]]*\] was not found",
+     "Cosmos DB does not know this principal: give the principal (object) id, not the client id. A managed identity "
+     "created moments ago can take minutes to replicate: re-run (cosmos_rbac retries for principal_wait_timeout)."),
     (r"permission denied|\bForbidden\b",
      "Permission denied: in PostgreSQL, connect as a Microsoft Entra administrator that is a member of the objects' "
      "owner (admin_member_of); in Vault, check the token's policy."),

@@ -16,16 +16,22 @@ description:
     reports the user the database says it connected as.
   - This is the migration's gate. Nothing is decommissioned or switched off for an application until this check has
     passed as that application.
+  - For Cosmos DB (O(database_type=cosmos)) the azure-cosmos client gets the token itself, for the scope of the account's
+    endpoint (C(https://<account>.documents.azure.com/.default) in Azure's public cloud, C(.documents.azure.us) in US
+    Government, C(.documents.azure.cn) in China), and reads the container's metadata. O(query) is then run with
+    O(parameters). Cosmos DB has no current user, so C(connected_as) is the principal (object) id the token carries.
   - Never changes anything. It runs in check mode too, because it only reads.
 author: csa-inabox core team (@csa-inabox)
 options:
   database_type:
     description: Kind of database.
     type: str
-    choices: [postgres, sql]
+    choices: [postgres, sql, cosmos]
     default: postgres
   host:
-    description: Server host name (C(<server>.postgres.database.azure.com), C(<server>.database.windows.net)).
+    description:
+      - Server host name (C(<server>.postgres.database.azure.com), C(<server>.database.windows.net)).
+      - For Cosmos DB, the account endpoint (C(https://<account>.documents.azure.com:443/)) or its host name.
     type: str
     required: true
   port:
@@ -35,6 +41,19 @@ options:
     description: Database to connect to.
     type: str
     required: true
+  container:
+    description: Cosmos DB only. The container to read and query. Required for Cosmos DB.
+    type: str
+  parameters:
+    description:
+      - Cosmos DB only. Parameters of O(query), as azure-cosmos takes them (C(name) with its C(@), and C(value)).
+    type: list
+    elements: dict
+  cosmos_scope:
+    description:
+      - Cosmos DB only. Ask for a token for this scope instead of the one the endpoint implies (for example
+        C(https://cosmos.azure.com/.default)).
+    type: str
   user:
     description:
       - User name to connect as, for PostgreSQL (the role created for the identity). Required for PostgreSQL.
@@ -43,7 +62,8 @@ options:
   query:
     description:
       - Query to run after connecting; its first row is returned. Defaults to C(SELECT current_user) (PostgreSQL) or
-        C(SELECT CURRENT_USER) (Azure SQL).
+        C(SELECT CURRENT_USER) (Azure SQL). For Cosmos DB it is a Cosmos DB query, which can only read; without it
+        only the container's metadata is read.
       - PostgreSQL runs it as a single prepared statement in a read-only transaction that is rolled back, so it cannot
         change anything (several statements separated by C(;) are refused).
       - Azure SQL has no read-only transactions. Before connecting, the module splits the query as SQL Server does
@@ -55,6 +75,7 @@ options:
   expected_user:
     description:
       - Fail unless the database reports this C(current_user). Defaults to O(user).
+      - For Cosmos DB, the principal (object) id the token must carry.
       - Required for Azure SQL (or O(user)); compared case-insensitively there, as the server compares names. An
         identity that is the server's Entra administrator is C(dbo) there.
     type: str
@@ -93,6 +114,7 @@ options:
 requirements:
   - psycopg >= 3.2 (PostgreSQL)
   - pyodbc and Microsoft ODBC Driver 18 for SQL Server, or mssql-python (Azure SQL)
+  - azure-cosmos >= 4.9 (Cosmos DB)
 extends_documentation_fragment:
   - csa_inabox.managed_identity.azure
   - csa_inabox.managed_identity.attributes.read_only
@@ -117,6 +139,18 @@ EXAMPLES = r"""
     expected_user: mi-inventory-api
     client_id: "{{ identity.identity.client_id }}"
     auth_source: managed_identity
+
+- name: Verify as the catalog API against Cosmos DB, with the tutorial's query
+  csa_inabox.managed_identity.mi_login_check:
+    database_type: cosmos
+    host: https://cosmos-prod.documents.azure.com:443/
+    database: appdb
+    container: items
+    query: SELECT * FROM c WHERE c.category = @cat
+    parameters: [{name: "@cat", value: electronics}]
+    expected_user: "{{ identity.identity.principal_id }}"
+    client_id: "{{ identity.identity.client_id }}"
+    auth_source: managed_identity
 """
 
 RETURN = r"""
@@ -138,6 +172,14 @@ row:
   returned: success
   type: list
   elements: raw
+item_count:
+  description: Cosmos DB only. How many items O(query) returned (C(row) is the first one).
+  returned: success, with O(database_type=cosmos) and O(query)
+  type: int
+scope:
+  description: Cosmos DB only. The scope the token was asked for.
+  returned: success, with O(database_type=cosmos)
+  type: str
 driver:
   description: Azure SQL only. The client library used, V(pyodbc) or V(mssql-python).
   returned: success, with O(database_type=sql)
@@ -152,6 +194,7 @@ import base64
 import json
 import time
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import cosmos
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import postgres as pg
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import sqlserver as sql
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
@@ -221,6 +264,81 @@ def check_sql(mod, token):
     return connected_as, row, {"driver": driver}
 
 
+class RecordingCredential:
+    """The module's credential as azure-cosmos sees it: asks for ``scope`` when one is forced, and keeps the scope and
+    the token it handed out (to report the principal; the token itself never leaves the module)."""
+
+    def __init__(self, credential, scope=None):
+        self.credential = credential
+        self.forced = scope
+        self.scope = None
+        self.access = None
+        self.error = None
+
+    def get_token(self, *scopes, **kwargs):
+        self.scope = self.forced or scopes[0]
+        try:
+            self.access = self.credential.get_token(self.scope, **kwargs)
+        except Exception as exc:  # azure-identity raises several unrelated types; reported by check_cosmos
+            self.error = exc
+            raise
+        return self.access
+
+
+def cosmos_endpoint(mod):
+    """The account endpoint (``https://host[:port]/``) from O(host); fails on anything else, and on an endpoint of
+    another built-in cloud than the module's (its token would be for the wrong audience)."""
+    from ansible.module_utils.six.moves.urllib.parse import urlsplit  # pylint: disable=import-outside-toplevel
+
+    text = mod.params["host"].strip()
+    parts = urlsplit(text if "://" in text else "https://" + text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment
+            or parts.username or parts.password or port == -1 or not all(c.isalnum() or c in "-." for c in parts.hostname)):
+        mod.fail("host %r is not a Cosmos DB account endpoint: give https://<account>.documents.azure.com:443/ or the "
+                 "host name alone" % mod.params["host"])
+    for cloud, suffix in cosmos.ENDPOINT_SUFFIXES.items():
+        if parts.hostname.endswith(suffix) and mod.cloud.name in cosmos.ENDPOINT_SUFFIXES and cloud != mod.cloud.name:
+            mod.fail("host %s is a Cosmos DB endpoint of %s, but cloud_environment is %s: its token would be for the "
+                     "wrong cloud" % (parts.hostname, cloud, mod.cloud.name))
+    return "https://%s%s/" % (parts.hostname, ":%d" % port if port else "")
+
+
+def check_cosmos(mod, credential):
+    """``(principal id, first item, extra result)``: reads the container (metadata), then runs the query if any."""
+    params = mod.params
+    try:
+        from azure.cosmos import CosmosClient  # pylint: disable=import-outside-toplevel
+        from azure.cosmos.exceptions import CosmosHttpResponseError  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
+        mod.module.fail_json(msg=missing_required_lib("azure-cosmos"))
+    try:
+        client = CosmosClient(cosmos_endpoint(mod), credential=credential, connection_timeout=params["connect_timeout"],
+                              retry_total=2, retry_backoff_max=2)
+        container = client.get_database_client(params["database"]).get_container_client(params["container"])
+        container.read()
+    except Exception as exc:  # CosmosHttpResponseError, connection errors, or the credential's own error
+        raise LoginFailed(credential.error or exc)
+    principal = object_id_of(credential.access.token)
+    extra = {"scope": credential.scope}
+    row = None
+    if params["query"]:
+        try:
+            items = list(container.query_items(query=params["query"], parameters=params["parameters"] or None,
+                                               enable_cross_partition_query=True))
+        except CosmosHttpResponseError as exc:
+            raise QueryFailed(principal, exc)
+        extra["item_count"] = len(items)
+        if items:
+            first = items[0]
+            row = [first.get(k) for k in sorted(first) if not k.startswith("_")] if isinstance(first, dict) else [first]
+    return principal, row, extra
+
+
 class LoginFailed(Exception):
     """The database refused the login; carries the driver's exception."""
 
@@ -231,10 +349,13 @@ class QueryFailed(Exception):
 
 def main():
     mod = MIModule(dict(
-        database_type=dict(type="str", default="postgres", choices=["postgres", "sql"]),
+        database_type=dict(type="str", default="postgres", choices=["postgres", "sql", "cosmos"]),
         host=dict(type="str", required=True),
         port=dict(type="int"),
         database=dict(type="str", required=True),
+        container=dict(type="str"),
+        parameters=dict(type="list", elements="dict"),
+        cosmos_scope=dict(type="str"),
         user=dict(type="str"),
         query=dict(type="str"),
         expected_user=dict(type="str"),
@@ -245,8 +366,10 @@ def main():
         odbc_driver=dict(type="str", default="ODBC Driver 18 for SQL Server"),
         encrypt=dict(type="str", default="yes", choices=["yes", "strict"]),
         trust_server_certificate=dict(type="bool", default=False),
-    ), required_if=[("database_type", "postgres", ["user"])])
+    ), required_if=[("database_type", "postgres", ["user"]), ("database_type", "cosmos", ["container"])])
     params = mod.params
+    if params["database_type"] == "cosmos":
+        main_cosmos(mod)
     is_sql = params["database_type"] == "sql"
     params["port"] = params["port"] or (1433 if is_sql else 5432)
     if is_sql:
@@ -282,6 +405,36 @@ def main():
     # Azure SQL compares names case-insensitively (its default collation), PostgreSQL exactly.
     if (connected_as.casefold() != expected.casefold()) if is_sql else (connected_as != expected):
         mod.fail("connected as %r, expected %r" % (connected_as, expected), **result)
+    mod.exit(False, **result)
+
+
+def main_cosmos(mod):
+    params = mod.params
+    for number, parameter in enumerate(params["parameters"] or []):
+        if sorted(parameter) != ["name", "value"] or not str(parameter["name"]).startswith("@"):
+            mod.fail("parameters[%d] must be {name: '@<name>', value: <value>}, got keys %s"
+                     % (number, ", ".join(sorted(parameter))))
+    expected = (params["expected_user"] or "").lower() or None
+    cosmos_endpoint(mod)  # a bad endpoint fails before any token is asked for
+    credential = RecordingCredential(mod.credential, params["cosmos_scope"])
+    started = time.monotonic()
+    try:
+        principal, row, extra = check_cosmos(mod, credential)
+    except LoginFailed as failed:
+        if credential.access is None:
+            mod.fail("no token for Cosmos DB (scope %s) from this host's credential (auth_source=%s)"
+                     % (credential.scope, params["auth_source"]), failed.args[0])
+        mod.fail("Cosmos DB refused %s on %s/%s/%s" % (object_id_of(credential.access.token), params["host"],
+                                                       params["database"], params["container"]), failed.args[0],
+                 token_object_id=object_id_of(credential.access.token), scope=credential.scope)
+    except QueryFailed as failed:
+        mod.fail("signed in as %s, but the query failed (the sign-in itself works)" % failed.args[0], failed.args[1],
+                 connected_as=failed.args[0], token_object_id=failed.args[0], scope=credential.scope)
+    plain = [v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for v in (row or [])]
+    result = dict(connected_as=principal, token_object_id=principal, token_expires_on=int(credential.access.expires_on),
+                  row=plain, elapsed_ms=int((time.monotonic() - started) * 1000), **extra)
+    if expected and principal != expected:
+        mod.fail("connected as principal %s, expected %s" % (principal, expected), **result)
     mod.exit(False, **result)
 
 

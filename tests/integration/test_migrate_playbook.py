@@ -19,9 +19,15 @@ from labrunner import REPO, run_module
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 PG_APPS = {"orders-api": "mi-orders-api", "reports": "mi-reports", "billing-worker": "mi-billing-worker"}
 SQL_APPS = {"inventory-api": "mi-inventory-api", "audit-reader": "mi-audit-reader", "ledger": "mi-ledger"}
-APPS = {**PG_APPS, **SQL_APPS}
+COSMOS_APPS = {"catalog-api": "mi-catalog-api", "search-indexer": "mi-search-indexer"}
+APPS = {**PG_APPS, **SQL_APPS, **COSMOS_APPS}
 VMS = {"orders-api": "vm-orders", "reports": "vm-reports", "billing-worker": "vm-billing",
-       "inventory-api": "vm-inventory", "audit-reader": "vm-audit", "ledger": "vm-ledger"}
+       "inventory-api": "vm-inventory", "audit-reader": "vm-audit", "ledger": "vm-ledger",
+       "catalog-api": "vm-catalog", "search-indexer": "vm-search"}
+COSMOS_ROLES = {"mi-catalog-api": ("Cosmos DB Built-in Data Contributor", "/dbs/appdb"),
+                "mi-search-indexer": ("Cosmos DB Built-in Data Reader", "/dbs/appdb/colls/items")}
+COSMOS_ACCOUNT = ("/subscriptions/2b6e3f4a-8c1d-4e9f-b7a2-5c0d9e8f1a23/resourceGroups/rg-lab-data/providers/"
+                  "Microsoft.DocumentDB/databaseAccounts/cosmos-lab")
 SQL_DATABASES = {"sql-lab": ("appdb", 7), "sql-lab-2": ("ledgerdb", 8)}  # database, port offset
 SQL_ROLES = {"mi-inventory-api": ["db_datareader", "db_datawriter"], "mi-audit-reader": ["db_datareader"],
              "mi-ledger": ["db_datareader", "ledger_writer"]}
@@ -79,6 +85,35 @@ def tutorial_step6(lab) -> str:
     return run.stdout + run.stderr
 
 
+def cosmos_endpoint(lab) -> str:
+    return f"https://localhost:{lab.base + 9}/"
+
+
+def tutorial_part3(lab) -> subprocess.CompletedProcess:
+    """The tutorial's Part 3 Step 2 "after" code, run on the catalog API's VM against the lab account."""
+    code = (REPO / "tests" / "integration" / "tutorial" / "part3_step2_after.py").read_text()
+    published = "url='https://cosmos-prod.documents.azure.com:443/'"
+    assert published in code
+    code = code.replace(published, f"url='{cosmos_endpoint(lab)}'")
+    env = dict(workload_env(lab, "catalog-api"), AZURE_COSMOS_HEALTH_CHECK_MAX_RETRIES="0")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+    return run
+
+
+def cosmos_key_works(lab, key: str) -> str:
+    """``accepted``, or Cosmos DB's status and message when it refuses a client signing with ``key``."""
+    from azure.cosmos import CosmosClient
+    from azure.cosmos.exceptions import CosmosHttpResponseError
+
+    try:
+        list(CosmosClient(cosmos_endpoint(lab), credential=key, retry_total=0).list_databases())
+    except CosmosHttpResponseError as exc:
+        return f"{exc.status_code} {exc.message}"
+    return "accepted"
+
+
 def independent_sid_literal(guid: str) -> str:
     """SQL Server's uniqueidentifier bytes of ``guid`` (first three groups byte-reversed), as 0x... hex."""
     groups = guid.split("-")
@@ -105,7 +140,9 @@ def test_check_mode_on_a_fresh_lab_writes_nothing_and_shows_the_plan(lab):
                     "(known after apply)", "DELETE database/roles/orders-api", "would set passwordAuth=Disabled",
                     "CREATE USER [mi-ledger] WITH SID = (known after apply), TYPE = E",
                     "ALTER ROLE [ledger_writer] ADD MEMBER [mi-ledger]",
-                    "would turn on Entra-only authentication"):
+                    "would turn on Entra-only authentication",
+                    "PUT sqlRoleAssignments/(known after apply) (Cosmos DB Built-in Data Reader on /dbs/appdb/colls/items)",
+                    "would switch keys off (disableLocalAuth)"):
         assert planned in run.stdout, planned
     lab.assert_no_secret_in(run.stdout + run.stderr)
 
@@ -122,6 +159,32 @@ def test_the_tutorial_test_script_fails_with_18456_before_the_migration(lab):
     assert "Login failed for user '<token-identified principal>'. (18456)" in output, output
 
 
+def test_the_tutorial_cosmos_code_is_forbidden_before_the_role_assignment(lab):
+    """The identity exists and is on the VM, with no data-plane role yet; the key from Vault still works."""
+    identity = run_module(lab, "azure_mi", name="mi-catalog-api", resource_group="rg-lab-apps", location="eastus2",
+                          tags={"application": "catalog-api"})["identity"]
+    attached = run_module(lab, "azure_mi_assignment", name="vm-catalog", resource_group="rg-lab-apps",
+                          identity_ids=[identity["id"]])
+    assert not attached["failed"], attached
+    run = tutorial_part3(lab)
+    assert run.returncode != 0 and "Found" not in run.stdout
+    assert "Forbidden" in run.stderr and "5301" in run.stderr, run.stderr[-3000:]
+    assert f"principal [{identity['principal_id']}] does not have required RBAC permissions" in run.stderr
+    before = subprocess.run([sys.executable, "-m", "azurelab.demo_app", "catalog-api"],
+                            env=workload_env(lab, "catalog-api"), capture_output=True, text=True, timeout=60,
+                            check=False)
+    result = json.loads(before.stdout)
+    assert result["ok"] and result["mode"] == "vault" and result["connected_as"] == "key", result
+    assert sorted(row[0] for row in result["rows"]) == ["1", "2", "3"]  # the electronics items, read with the key
+
+
+@pytest.fixture(scope="module")
+def old_cosmos_key(lab):
+    """The account key the applications read from Vault before the migration (taken before the migration runs)."""
+    return json.loads((lab.state / "secrets.json").read_text())["cosmos_accounts"]["cosmos-lab"]["primaryMasterKey"]
+
+
+@pytest.mark.usefixtures("old_cosmos_key")
 def test_migrate_moves_every_application_to_its_identity(lab):
     # ARM throttles and has a bad moment during the run: the one retry policy absorbs both.
     lab.lab_api("POST", "faults", {"method": "PUT", "path": "userAssignedIdentities", "status": 429, "count": 2,
@@ -139,10 +202,18 @@ def test_migrate_moves_every_application_to_its_identity(lab):
         role = APPS[app["application"]]
         assert app["identity"]["attached"] is True
         [db] = app["databases"]
-        assert db["principal"] == role
-        assert db["login_verified_as"] == role
         assert db["password_login_probe"] == "refused"
         assert app["switched"] is True
+        if app["application"] in COSMOS_APPS:
+            principal = app["identity"]["principal_id"]
+            assert db["principal"] == principal and db["login_verified_as"] == principal
+            assert (db["role"], db["scope"]) == (COSMOS_ROLES[role][0], COSMOS_ACCOUNT + COSMOS_ROLES[role][1])
+            assert db["local_auth_disabled"] is True and db["keys_regenerated_at"]
+            assert app["vault"]["kv_retired"] is True and app["vault"]["kv_secret"] == \
+                f"secret/apps/{app['application']}/cosmos"
+            continue
+        assert db["principal"] == role
+        assert db["login_verified_as"] == role
         if app["application"] in SQL_APPS:
             assert db["sid"] == independent_sid_literal(app["identity"]["client_id"]) and db["sid_source"] == "client_id"
             assert db["roles"] == SQL_ROLES[role] and db["entra_only"] is True
@@ -154,6 +225,16 @@ def test_migrate_moves_every_application_to_its_identity(lab):
     text = (lab.state / "reports" / "migration-report.txt").read_text()
     assert 'user "mi-ledger"' in text and "roles           db_datareader, ledger_writer" in text
     assert 'CURRENT_USER = "mi-audit-reader"' in text and "(from the identity's client id)" in text
+
+
+def test_the_tutorial_cosmos_code_finds_the_items_after_the_migration_and_keys_are_refused(lab, old_cosmos_key):
+    run = tutorial_part3(lab)
+    assert run.returncode == 0 and run.stdout.strip() == "Found 3 items", run.stdout + run.stderr[-3000:]
+    refused = cosmos_key_works(lab, old_cosmos_key)
+    assert refused.startswith("401 ") and "Local Authorization is disabled" in refused, refused
+    current = json.loads((lab.state / "secrets.json").read_text())["cosmos_accounts"]["cosmos-lab"]
+    assert current["primaryMasterKey"] != old_cosmos_key  # regenerated at decommission
+    assert "Local Authorization is disabled" in cosmos_key_works(lab, current["primaryMasterKey"])
 
 
 def test_the_tutorial_test_script_prints_the_identity_after_the_migration(lab):
@@ -211,7 +292,12 @@ def test_the_demo_app_runs_as_its_identity_from_its_vm(lab, app):
     run = subprocess.run([sys.executable, "-m", "azurelab.demo_app", app], env=workload_env(lab, app),
                          capture_output=True, text=True, timeout=60, check=False)
     result = json.loads(run.stdout)
-    assert result["ok"] and result["connected_as"] == APPS[app] and result["mode"] == "identity"
+    assert result["ok"] and result["mode"] == "identity", result
+    if app in COSMOS_APPS:  # Cosmos DB has no current user: the app reports its token's principal
+        principal = run_module(lab, "azure_mi", name=APPS[app], resource_group="rg-lab-apps")["identity"]["principal_id"]
+        assert result["connected_as"] == principal
+    else:
+        assert result["connected_as"] == APPS[app]
     config = json.loads((lab.state / "apps" / f"{app}.json").read_text())
     assert "secret_id_file" not in config and "role_id" not in config
 

@@ -1,0 +1,219 @@
+# -*- coding: utf-8 -*-
+# Copyright: csa-inabox core team
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Azure Cosmos DB for NoSQL: data-plane role definitions, assignment scopes, and writes that wait their turn.
+
+Facts (AZURE_FACTS.md "Cosmos SQL role assignment", ARM_NOTES.md; REST spec
+``specification/cosmos-db/resource-manager/Microsoft.DocumentDB/.../rbac.json``):
+
+* ``roleDefinitionId`` and ``scope`` of an assignment are **fully qualified**: the account id, then optionally
+  ``/dbs/{database}`` and ``/colls/{container}``. The Azure CLI takes ``/dbs/appdb`` and prepends the account id;
+  given a full id it doubles it (azure-cli#31422). :func:`normalise_scope` accepts both forms and returns one.
+* Built-in roles: ``00000000-0000-0000-0000-000000000001`` Cosmos DB Built-in Data Reader and ``...0002`` Cosmos DB
+  Built-in Data Contributor. They are not Azure RBAC roles (``Microsoft.Authorization``): an Azure "Reader" or
+  "Contributor" role gives no data access.
+* Writes on one account collide (412 "another operation in progress", azurerm#15842): :class:`AccountLock` serialises
+  the control node's own writes, :func:`retry` absorbs the others'.
+* A fresh identity may not be replicated yet: "principal ID [...] was not found" is retried for a while
+  (azurerm#28070).
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import hashlib
+import os
+import re
+import tempfile
+import time
+import uuid
+
+BUILT_IN_ROLES = {
+    "00000000-0000-0000-0000-000000000001": "Cosmos DB Built-in Data Reader",
+    "00000000-0000-0000-0000-000000000002": "Cosmos DB Built-in Data Contributor",
+}
+# Names an operator may write for the built-in roles (compared case-insensitively).
+ROLE_ALIASES = {
+    "cosmos db built-in data reader": "00000000-0000-0000-0000-000000000001",
+    "data reader": "00000000-0000-0000-0000-000000000001",
+    "cosmos db built-in data contributor": "00000000-0000-0000-0000-000000000002",
+    "data contributor": "00000000-0000-0000-0000-000000000002",
+}
+
+# Every assignment name this collection makes is uuid5(NAMESPACE, "<account id>|<principal>|<role>|<scope>").
+ASSIGNMENT_NAMESPACE = uuid.UUID("6f1d4b3e-2a9c-5e7f-8b0d-c4a2e6f8b1d3")
+
+# Database and container ids: 1 to 255 characters, none of / \ ? # and no trailing space (Cosmos DB resource ids).
+_NAME = r"[^/\\?#]{1,255}"
+_RELATIVE_SCOPE = re.compile(r"(?:/dbs/(?P<database>%s)(?:/colls/(?P<container>%s))?)?" % (_NAME, _NAME))
+_GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+# Where each built-in cloud's Cosmos DB accounts live: the SDK asks for a token for https://<endpoint host>/.default.
+ENDPOINT_SUFFIXES = {
+    "AzureCloud": ".documents.azure.com",
+    "AzureUSGovernment": ".documents.azure.us",
+    "AzureChinaCloud": ".documents.azure.cn",
+}
+
+
+class ScopeError(ValueError):
+    """A scope or role definition that cannot name something in this account; the message says what to write."""
+
+
+def account_id(subscription_id, resource_group, account_name):
+    """The account's ARM id, ``/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.DocumentDB/
+    databaseAccounts/{a}``."""
+    return "/subscriptions/%s/resourceGroups/%s/providers/Microsoft.DocumentDB/databaseAccounts/%s" % (
+        subscription_id, resource_group, account_name)
+
+
+def normalise_scope(scope, account):
+    """``(full scope, relative part)`` for ``scope`` given relative (``/``, ``/dbs/appdb``,
+    ``/dbs/appdb/colls/items``) or fully qualified (``<account id>[/dbs/...]``), on the account whose id is
+    ``account``.
+
+    The account part is returned as ``account`` spells it (ARM compares it case-insensitively); database and
+    container names keep their case (Cosmos DB compares them exactly). A trailing ``/`` is dropped.
+    Raises :class:`ScopeError` for another account's id, a malformed path or a name Cosmos DB cannot have.
+    """
+    text = (scope or "").strip()
+    if text in ("", "/"):
+        return account, ""
+    if text.lower().startswith("/subscriptions/"):
+        if not text.lower().startswith(account.lower()) or text[len(account):len(account) + 1] not in ("", "/"):
+            raise ScopeError("scope %r is not in Cosmos DB account %s: give it relative (/dbs/<database>[/colls/"
+                             "<container>]) or as this account's id followed by that" % (scope, account))
+        relative = text[len(account):]
+    elif text.startswith("/dbs/"):
+        relative = text
+    else:
+        raise ScopeError("scope %r is neither relative (/, /dbs/<database>, /dbs/<database>/colls/<container>) nor "
+                         "a fully qualified scope of account %s" % (scope, account))
+    relative = relative.rstrip("/") if relative != "/" else ""
+    match = _RELATIVE_SCOPE.fullmatch(relative)
+    if match is None or any(name is not None and name != name.rstrip() for name in match.groups()):
+        raise ScopeError("scope %r: after the account, only /dbs/<database> and then /colls/<container> may follow; "
+                         "names are 1 to 255 characters without / \\ ? # or a trailing space" % (scope,))
+    return account + relative, relative
+
+
+def role_definition_guid(role, account):
+    """The role definition's GUID (lower case) for ``role`` given as a built-in name (``Data Reader``,
+    ``Cosmos DB Built-in Data Contributor``, any case), a GUID, or this account's full
+    ``.../sqlRoleDefinitions/{guid}`` id. Raises :class:`ScopeError` naming the accepted forms."""
+    text = (role or "").strip()
+    alias = ROLE_ALIASES.get(text.lower())
+    if alias:
+        return alias
+    if re.fullmatch(_GUID, text):
+        return text.lower()
+    found = re.fullmatch(re.escape(account) + r"/sqlRoleDefinitions/(%s)" % _GUID, text, re.IGNORECASE)
+    if found:
+        return found.group(1).lower()
+    if text.lower().startswith("/subscriptions/"):
+        raise ScopeError("role %r is not a role definition of Cosmos DB account %s (expected %s/sqlRoleDefinitions/"
+                         "<guid>)" % (role, account, account))
+    raise ScopeError("role %r is unknown: use Data Reader, Data Contributor (or their full names %s), a role "
+                     "definition GUID, or a full role definition id" % (role, " / ".join(sorted(BUILT_IN_ROLES.values()))))
+
+
+def role_definition_id(account, guid):
+    return "%s/sqlRoleDefinitions/%s" % (account, guid)
+
+
+def assignment_name(account, principal_id, role_guid, relative_scope):
+    """The deterministic assignment name (a GUID) of (principal, role, scope) on ``account``: a re-run, or another
+    control node, computes the same name, so a lost answer never leaves a duplicate behind."""
+    key = "|".join((account.lower(), principal_id.lower(), role_guid.lower(), relative_scope))
+    return str(uuid.uuid5(ASSIGNMENT_NAMESPACE, key))
+
+
+def describe(assignment, account):
+    """An SDK or REST role assignment as ``{name, id, principal_id, role_definition_id, role, scope}``, with the
+    scope normalised (an unparsable one is kept as Azure returned it)."""
+    props = assignment.get("properties") or assignment
+    role_id = props.get("roleDefinitionId") or ""
+    guid = role_id.rsplit("/", 1)[-1].lower()
+    try:
+        scope = normalise_scope(props.get("scope"), account)[0]
+    except ScopeError:
+        scope = props.get("scope")
+    return {"name": assignment.get("name"), "id": assignment.get("id"),
+            "principal_id": (props.get("principalId") or "").lower(), "role_definition_id": role_id,
+            "role": BUILT_IN_ROLES.get(guid, guid), "scope": scope}
+
+
+def equivalent(assignments, principal_id, role_guid, full_scope):
+    """The assignments (:func:`describe` shape, so scopes normalised on the same account id) that give
+    ``principal_id`` the role ``role_guid`` on exactly ``full_scope``, whatever their names (other tools name them
+    with random GUIDs)."""
+    return [a for a in assignments
+            if a["principal_id"] == principal_id.lower()
+            and a["role_definition_id"].rsplit("/", 1)[-1].lower() == role_guid
+            and a["scope"] == full_scope]
+
+
+class AccountLock:
+    """An exclusive lock on one account for this control node's processes (``fcntl.flock`` on a file in the temp
+    folder), so that the forks of one run write to an account one at a time. ``with AccountLock(id, timeout):``;
+    raises ``TimeoutError`` after ``timeout`` seconds."""
+
+    def __init__(self, account, timeout):
+        digest = hashlib.sha256(account.lower().encode("utf-8")).hexdigest()[:24]
+        self.path = os.path.join(tempfile.gettempdir(), "csa-inabox-cosmos-%s.lock" % digest)
+        self.timeout = timeout
+        self._handle = None
+
+    def __enter__(self):
+        import fcntl  # pylint: disable=import-outside-toplevel
+
+        self._handle = open(self.path, "a")  # pylint: disable=consider-using-with
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                    self._handle.close()
+                    raise TimeoutError("another process held the write lock of %s for %s s" % (self.path, self.timeout))
+                time.sleep(0.05)
+
+    def __exit__(self, *exc_info):
+        self._handle.close()  # closing releases the lock
+        return False
+
+
+def status_of(exc):
+    return getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def is_busy(exc):
+    """Another write on the account is in progress: 412 / 409 / AnotherOperationInProgress."""
+    code = getattr(getattr(exc, "error", None), "code", None) or ""
+    return status_of(exc) in (409, 412) or "AnotherOperationInProgress" in code or "PreconditionFailed" in code
+
+
+def is_principal_not_replicated(exc):
+    """Cosmos DB does not see the principal yet (a fresh identity: Entra replication takes seconds to minutes)."""
+    return status_of(exc) == 400 and bool(re.search(r"principal ID \[[^\]]*\] was not found", str(exc)))
+
+
+def retry(call, retryable, timeout, on_retry=None, first_wait=1.0, max_wait=15.0, sleep=time.sleep,
+          clock=time.monotonic):
+    """``call()``'s result, repeating the call while it raises an exception that ``retryable(exc)`` accepts and
+    ``timeout`` seconds have not passed, waiting ``first_wait`` seconds, doubling up to ``max_wait``, in between.
+    ``on_retry(exc)`` is called before each wait. The last exception propagates."""
+    deadline = clock() + timeout
+    wait = first_wait
+    while True:
+        try:
+            return call()
+        except Exception as exc:  # the SDK's HttpResponseError family; anything else is not retryable
+            if not retryable(exc) or clock() + wait > deadline:
+                raise
+            if on_retry is not None:
+                on_retry(exc)
+        sleep(wait)
+        wait = min(wait * 2, max_wait)
