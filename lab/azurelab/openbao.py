@@ -326,6 +326,26 @@ class OpenBaoLab:
             changed.append(f"app config {config_file.name}")
         return changed
 
+    def restore_app(self, name: str) -> list[str]:
+        """Put a KV-using application (Azure SQL, Cosmos DB) back on Vault, as its old deployment would be after a
+        rollback: its config in vault mode again, with its AppRole role id and a new secret id. The KV secret itself is
+        not touched: bringing it back is the rollback's job (``vault_kv_secret``, ``vault_kv_cosmos_key``). Returns
+        what changed; raises ``KeyError`` for an application that is not a KV-using one of the topology."""
+        app = next(a for a in self.topology["applications"] if a["name"] == name and database_type(a) != "postgres")
+        kv_mount, path = self.topology["vault"]["kv_mount"], app["vault_kv_path"]
+        suffix = {"sql": "sql-secret", "cosmos": "cosmos-key"}[database_type(app)]
+        policy = f'path "{kv_mount}/data/{path}" {{\n  capabilities = ["read"]\n}}\n'
+        config_file = self.paths.apps / f"{name}.json"
+        config = json.loads(config_file.read_text())
+        changed = []
+        if config.get("mode") != "vault":
+            for key in ("managed_identity_client_id", "db_user"):
+                config.pop(key, None)
+            config["mode"] = "vault"
+            config_file.write_text(json.dumps(config, indent=4, sort_keys=True) + "\n")
+            changed.append(f"app config {config_file.name}: vault mode")
+        return changed + self._seed_app(self.client(), app, f"{name}-{suffix}", policy, {})
+
     def _secret_id_valid(self, client: hvac.Client, role: str, secret_id_file: pathlib.Path) -> bool:
         if not secret_id_file.exists():
             return False
@@ -356,3 +376,24 @@ def _write_private(path: pathlib.Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m azurelab.openbao restore-app <app>``: :meth:`OpenBaoLab.restore_app` on the configured lab; prints
+    what changed as JSON (no secret: the new secret id goes to its 0600 file only)."""
+    from .config import paths, ports, topology
+
+    if len(argv) != 2 or argv[0] != "restore-app":
+        print("usage: python -m azurelab.openbao restore-app <app>", file=sys.stderr)
+        return 2
+    try:
+        changed = OpenBaoLab(paths(), topology(), ports()).restore_app(argv[1])
+    except (KeyError, StopIteration):
+        print(f"{argv[1]!r} is not an Azure SQL or Cosmos DB application of the lab", file=sys.stderr)
+        return 2
+    print(json.dumps({"app": argv[1], "changed": changed}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

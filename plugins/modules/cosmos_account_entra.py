@@ -138,7 +138,7 @@ def main():
     rg, name = params["resource_group"], params["account_name"]
     want = params["disable_local_auth"]
     if want and params["applications_using_keys"]:
-        mod.fail("keys of Cosmos DB account %s stay on: %s still authenticate with a key. Switch and verify them "
+        mod.fail("keys of Cosmos DB account %s stay on: applications still using a key: %s. Switch and verify them "
                  "first (or remove them from the inventory if they are gone)"
                  % (name, ", ".join(sorted(params["applications_using_keys"]))))
 

@@ -125,10 +125,17 @@ SUBSCRIPTION = "2b6e3f4a-8c1d-4e9f-b7a2-5c0d9e8f1a23"
 TENANT = "7f0c6a9e-3b1d-4c55-9a8e-2d6f1b0c4e11"
 
 
+def azure_modules() -> set[str]:
+    """The modules that take the shared Azure auth options (meta/runtime.yml's action group ``azure``)."""
+    import yaml
+
+    return set(yaml.safe_load((REPO / "meta" / "runtime.yml").read_text())["action_groups"]["azure"])
+
+
 def run_module(lab: RunningLab, module: str, check: bool = False, env: dict | None = None, **args) -> dict:
     """Run one module on localhost (``ansible localhost -m ...``) with the lab's control-node environment, updated
     with ``env``; returns its result dict. Azure modules get the lab cloud; nothing secret is passed or printed."""
-    if not module.startswith("vault_"):
+    if module in azure_modules():
         args = dict(dict(cloud_environment="custom", subscription_id=SUBSCRIPTION, tenant_id=TENANT,
                          cloud_endpoints={"resource_manager": f"https://127.0.0.1:{lab.base + 2}",
                                           "authority_host": f"https://127.0.0.1:{lab.base + 1}",

@@ -183,7 +183,7 @@ def test_account_keys_regenerated_once_then_switched_off_and_on(lab, cosmos):
 
     blocked = run_module(lab, "cosmos_account_entra", disable_local_auth=True,
                          applications_using_keys=["catalog-api", "search-indexer"], **entra)
-    assert blocked["failed"] and "catalog-api, search-indexer still authenticate with a key" in blocked["msg"]
+    assert blocked["failed"] and "applications still using a key: catalog-api, search-indexer" in blocked["msg"]
     assert cosmos.database_accounts.get(RG, ACCOUNT).disable_local_auth is False
 
     off = run_module(lab, "cosmos_account_entra", disable_local_auth=True, **entra)
@@ -208,3 +208,30 @@ def test_keys_stay_on_while_nobody_has_a_data_role(lab, cosmos):
     refused = run_module(lab, "cosmos_account_entra", account_name=ACCOUNT, resource_group=RG, disable_local_auth=True)
     assert refused["failed"] and "no data-plane role assignment" in refused["msg"], refused
     assert cosmos.database_accounts.get(RG, ACCOUNT).disable_local_auth is False
+
+
+def test_vault_kv_cosmos_key_writes_the_current_key_without_showing_it(lab):
+    import hvac
+
+    vault = hvac.Client(url=lab.env["VAULT_ADDR"], token=(lab.state / "openbao" / "token").read_text().strip())
+    vault.secrets.kv.v2.create_or_update_secret(path="apps/rollback-test/cosmos", mount_point="secret",
+                                                secret={"key": "a key that was regenerated", "endpoint": "kept"})
+    args = dict(account_name=ACCOUNT, resource_group=RG, url=lab.env["VAULT_ADDR"],
+                token_file=str(lab.state / "openbao" / "token"), path="apps/rollback-test/cosmos")
+    plan = run_module(lab, "vault_kv_cosmos_key", check=True, **args)
+    assert plan["changed"] and plan["version"] is None, plan
+    assert plan["secret"] == "secret/apps/rollback-test/cosmos#key"
+    current = vault.secrets.kv.v2.read_secret_version(path="apps/rollback-test/cosmos", mount_point="secret")
+    assert current["data"]["metadata"]["version"] == 1
+    done = run_module(lab, "vault_kv_cosmos_key", **args)
+    assert done["changed"] and done["version"] == 2, done
+    lab.assert_no_secret_in(json.dumps(done) + json.dumps(plan))
+    written = vault.secrets.kv.v2.read_secret_version(path="apps/rollback-test/cosmos", mount_point="secret")["data"]
+    primary = json.loads((lab.state / "secrets.json").read_text())["cosmos_accounts"][ACCOUNT]["primaryMasterKey"]
+    assert written["data"] == {"key": primary, "endpoint": "kept"}
+    again = run_module(lab, "vault_kv_cosmos_key", **args)
+    assert not again["changed"] and again["version"] == 2
+    readonly = run_module(lab, "vault_kv_cosmos_key", key_kind="secondaryReadonly", field="readonly_key", **args)
+    assert readonly["changed"] and readonly["secret"].endswith("#readonly_key")
+    bad = run_module(lab, "vault_kv_cosmos_key", **{**args, "path": "../etc"})
+    assert bad["failed"] and "must name a secret inside the mount" in bad["msg"]

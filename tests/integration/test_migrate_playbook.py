@@ -321,3 +321,27 @@ def test_an_application_that_fails_is_reported_and_keeps_its_server_out_of_cutov
               json.loads((lab.state / "reports" / "migration-report.json").read_text())}
     assert report["reports"]["failed"] is True and "orders-api" in report
     assert "reports: FAILED" in (lab.state / "reports" / "migration-report.txt").read_text()
+
+
+def test_rollback_gives_a_cosmos_application_its_key_back_and_migrate_converges_again(lab):
+    run = lab.playbook("playbooks/rollback.yml", "--limit", "catalog-api")
+    assert run.returncode == 0, run.stdout[-4000:]
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+    before = subprocess.run([sys.executable, "-m", "azurelab.demo_app", "catalog-api"],
+                            env=workload_env(lab, "catalog-api"), capture_output=True, text=True, timeout=60,
+                            check=False)
+    result = json.loads(before.stdout)
+    assert result["ok"] and result["mode"] == "vault" and result["connected_as"] == "key", result
+    assert sorted(row[0] for row in result["rows"]) == ["1", "2", "3"]
+    account = run_module(lab, "cosmos_account_entra", account_name="cosmos-lab", resource_group="rg-lab-data")
+    assert account["disable_local_auth"] is False and account["keys_regenerated_at"] is None
+    again = lab.playbook("playbooks/rollback.yml", "--limit", "catalog-api")
+    assert again.returncode == 0 and recap(again.stdout)["catalog-api"]["changed"] == 0, again.stdout[-3000:]
+
+    migrate = lab.playbook("playbooks/migrate.yml")
+    assert migrate.returncode == 0, migrate.stdout[-4000:]
+    report = {app["application"]: app for app in
+              json.loads((lab.state / "reports" / "migration-report.json").read_text())}
+    [db] = report["catalog-api"]["databases"]
+    assert report["catalog-api"]["switched"] is True and db["local_auth_disabled"] is True
+    assert db["keys_regenerated_at"] and db["password_login_probe"] == "refused"
