@@ -24,6 +24,7 @@ import urllib.request
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VENV_BIN = pathlib.Path(sys.executable).parent
+COLLECTIONS = VENV_BIN.parent / "collections"  # where `make venv` links this working tree as the collection
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+")
 # The default lab (LAB_PORT_BASE 47000) and the shared ones: never taken by a test lab, even while they are down.
 RESERVED_PORTS = range(46000, 47100)
@@ -133,20 +134,31 @@ def azure_modules() -> set[str]:
 
 
 def run_module(lab: RunningLab, module: str, check: bool = False, env: dict | None = None, **args) -> dict:
-    """Run one module on localhost (``ansible localhost -m ...``) with the lab's control-node environment, updated
-    with ``env``; returns its result dict. Azure modules get the lab cloud; nothing secret is passed or printed."""
+    """Run one module as Ansible runs it on its target, with the lab's control-node environment updated with
+    ``env``; returns its result dict (``failed`` always set; ``diff`` too in check mode). Azure modules get the lab
+    cloud; nothing secret is passed or printed.
+
+    The module runs as ``python -m ansible_collections...<module> <args file>``, the arguments file carrying
+    ``_ansible_check_mode`` / ``_ansible_diff`` as the controller would: the module code is the same, without the
+    ~4 s of an ``ansible`` controller start per call. The controller side (module_defaults, action groups, the
+    collection's installation) is exercised by the playbook and Molecule tests.
+    """
     if module in azure_modules():
         args = dict(dict(cloud_environment="custom", subscription_id=SUBSCRIPTION, tenant_id=TENANT,
                          cloud_endpoints={"resource_manager": f"https://127.0.0.1:{lab.base + 2}",
                                           "authority_host": f"https://127.0.0.1:{lab.base + 1}",
                                           "resource_manager_audience": "https://management.azure.com/"}), **args)
-    command = [str(VENV_BIN / "ansible"), "localhost", "-m", f"csa_inabox.managed_identity.{module}",
-               "-a", json.dumps(args)] + (["--check", "--diff"] if check else [])
-    with tempfile.TemporaryDirectory() as tree:  # the tree callback writes each host's result as JSON
-        run_env = dict(lab.env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
-                       ANSIBLE_CALLBACK_TREE_DIR=tree, **(env or {}))
+    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check, _ansible_diff=check)}
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
+        json.dump(payload, handle)
+        handle.flush()
+        command = [sys.executable, "-m", f"ansible_collections.csa_inabox.managed_identity.plugins.modules.{module}",
+                   handle.name]
+        run_env = dict(lab.env, PYTHONPATH=str(COLLECTIONS), **(env or {}))
         run = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=120, check=False)
-        lab.assert_no_secret_in(run.stdout + run.stderr)
-        result = json.loads(pathlib.Path(tree, "localhost").read_text())
-    result.setdefault("failed", run.returncode != 0)  # the tree callback leaves `failed` out
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+    lines = run.stdout.strip().splitlines()
+    assert lines, f"{module} printed no result: {run.stderr[-2000:]}"
+    result = json.loads(lines[-1])
+    result.setdefault("failed", run.returncode != 0)
     return result
