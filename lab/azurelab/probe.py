@@ -48,7 +48,9 @@ def cosmos_key_login(account: str) -> dict:
     logging.getLogger("azure").setLevel(logging.ERROR)
     key = read_secrets(paths())["cosmos_accounts"][account]["primaryMasterKey"]
     try:
-        client = CosmosClient(f"https://localhost:{ports().cosmos}/", credential=key, retry_total=0)
+        # connection_verify: azure-cosmos would skip TLS verification for localhost (its emulator); check the lab CA.
+        client = CosmosClient(f"https://localhost:{ports().cosmos}/", credential=key, retry_total=0,
+                              connection_verify=str(paths().ca_bundle))
         list(client.list_databases())
     except CosmosHttpResponseError as exc:
         if exc.status_code in (401, 403):

@@ -57,6 +57,18 @@ ENDPOINT_SUFFIXES = {
 }
 
 
+def name_problem(name):
+    """Why ``name`` cannot be a Cosmos DB database or container id, or ``None``: 1 to 255 characters, none of
+    ``/ \\ ? #`` or a control character, no trailing space, not ``.`` or ``..``."""
+    if not name or len(name) > 255:
+        return "must be 1 to 255 characters"
+    if any(c in "/\\?#" or ord(c) < 32 or ord(c) == 127 for c in name):
+        return "must not contain / \\ ? # or control characters"
+    if name != name.rstrip() or name in (".", ".."):
+        return "must not end with a space or be . or .."
+    return None
+
+
 class ScopeError(ValueError):
     """A scope or role definition that cannot name something in this account; the message says what to write."""
 
@@ -92,9 +104,10 @@ def normalise_scope(scope, account):
                          "a fully qualified scope of account %s" % (scope, account))
     relative = relative.rstrip("/") if relative != "/" else ""
     match = _RELATIVE_SCOPE.fullmatch(relative)
-    if match is None or any(name is not None and name != name.rstrip() for name in match.groups()):
+    if match is None or any(name is not None and name_problem(name) for name in match.groups()):
         raise ScopeError("scope %r: after the account, only /dbs/<database> and then /colls/<container> may follow; "
-                         "names are 1 to 255 characters without / \\ ? # or a trailing space" % (scope,))
+                         "names are 1 to 255 characters without / \\ ? #, control characters or a trailing space, and "
+                         "not . or .." % (scope,))
     return account + relative, relative
 
 

@@ -21,6 +21,9 @@ REMEDIES = (
      "(AZURE_CLIENT_SECRET, or AZURE_SECRET for AWX)."),
     (r"Multiple user assigned identities exist",
      "The workload has several user-assigned identities: pass client_id (or set AZURE_CLIENT_ID) to pick one."),
+    (r"Identity not found",
+     "This host's managed identity endpoint does not serve that identity: attach it to the workload "
+     "(azure_mi_assignment), or pass the client_id of one that is attached."),
     (r"no response from the IMDS endpoint|IMDS endpoint.*unreachable",
      "The managed identity endpoint did not answer: on an Azure VM, IMDS (169.254.169.254) must be reachable and "
      "bypass any proxy; for the local lab, start it (make lab-up) and source its .lab/env.sh."),

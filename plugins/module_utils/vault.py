@@ -29,10 +29,19 @@ class VaultConfigError(ValueError):
     """The Vault address or token cannot be found; the message says where they are looked for."""
 
 
+def _checked(token, source):
+    """``token``, unless it holds whitespace or control characters (two tokens, or not a token file at all): the
+    HTTP library would echo such a header value in its error, so it is refused here, without showing it."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in token):
+        raise VaultConfigError("%s does not hold one Vault token: it has whitespace or control characters inside "
+                               "(the value is not shown)" % source)
+    return token
+
+
 def read_token(token_file):
     token = os.environ.get("VAULT_TOKEN")
     if token:
-        return token.strip()
+        return _checked(token.strip(), "VAULT_TOKEN")
     path = os.path.expanduser(token_file or "~/.vault-token")
     try:
         with open(path, encoding="utf-8") as handle:
@@ -42,7 +51,29 @@ def read_token(token_file):
                                % (path, exc.strerror))
     if not token:
         raise VaultConfigError("the token file %s is empty" % path)
-    return token
+    return _checked(token, "the token file %s" % path)
+
+
+def kv_version(hvac_client, mount):
+    """The KV version (``"1"``, ``"2"``) of ``mount``, or ``None`` when it is no KV mount. Asked the way the ``vault kv``
+    CLI does (``sys/internal/ui/mounts/<mount>``), which any token with a capability on the mount may read."""
+    answer = hvac_client.adapter.get("/v1/sys/internal/ui/mounts/%s" % mount)
+    data = (answer.get("data") if isinstance(answer, dict) else None) or {}
+    if data.get("type") not in ("kv", "generic"):
+        return None
+    return str((data.get("options") or {}).get("version") or "1")
+
+
+def path_problem(field, value):
+    """Why ``value`` cannot be a mount or secret path (empty, ``.``/``..`` or empty segments, control characters),
+    or ``None``."""
+    text = (value or "").strip("/")
+    segments = text.split("/")
+    if not text.strip() or any(not s.strip() or s in (".", "..") for s in segments):
+        return "%s %r must be a path of non-empty segments, without '.' or '..'" % (field, value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return "%s %r has control characters" % (field, value)
+    return None
 
 
 def client(params, warn=None):

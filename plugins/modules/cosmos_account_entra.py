@@ -137,7 +137,16 @@ def main():
     params = mod.params
     rg, name = params["resource_group"], params["account_name"]
     want = params["disable_local_auth"]
-    if want and params["applications_using_keys"]:
+    users = params["applications_using_keys"]
+    if any(not (user or "").strip() for user in users):
+        mod.fail("applications_using_keys has an empty name: list the applications by name")
+    if params["regenerate_keys"] and want is False:
+        mod.fail("regenerate_keys=true with disable_local_auth=false: keys switched back on for applications would be "
+                 "regenerated under them. Roll back without regenerate_keys")
+    if params["regenerate_keys"] and users:
+        mod.fail("keys of Cosmos DB account %s are not regenerated: applications still using a key: %s"
+                 % (params["account_name"], ", ".join(sorted(users))))
+    if want and users:
         mod.fail("keys of Cosmos DB account %s stay on: applications still using a key: %s. Switch and verify them "
                  "first (or remove them from the inventory if they are gone)"
                  % (name, ", ".join(sorted(params["applications_using_keys"]))))

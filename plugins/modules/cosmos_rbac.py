@@ -152,6 +152,8 @@ def check_role_exists(mod, guid):
     except ResourceNotFoundError as exc:
         mod.fail("role %s is not a role definition of account %s: use Data Reader, Data Contributor or an existing "
                  "custom definition" % (mod.params["role"], mod.params["account_name"]), exc)
+    except Exception as exc:  # the SDK's HttpResponseError family: 403, throttling beyond the retries
+        mod.fail("could not read role definition %s of account %s" % (guid, mod.params["account_name"]), exc)
 
 
 def main():
@@ -187,11 +189,16 @@ def main():
     check_role_exists(mod, guid)
     ops = mod.clients.cosmos.sql_resources
     rg, name = params["resource_group"], params["account_name"]
-    try:
-        listed = [cosmos.describe(as_dict(a), account) for a in ops.list_sql_role_assignments(rg, name)]
-    except Exception as exc:
-        mod.fail("could not list the role assignments of account %s" % name, exc)
-    found = [] if planned else cosmos.equivalent(listed, principal, guid, full_scope)
+
+    def equivalents():
+        try:
+            listed = [cosmos.describe(as_dict(a), account) for a in ops.list_sql_role_assignments(rg, name)]
+        except Exception as exc:
+            mod.fail("could not list the role assignments of account %s" % name, exc)
+        return [] if planned else cosmos.equivalent(listed, principal, guid, full_scope)
+
+    found = equivalents()
+    raced = []  # an equivalent assignment another process made between our list and our turn to write
 
     steps, retries = [], [0]
     before = {"assignments": found}
@@ -206,9 +213,15 @@ def main():
                           "scope": full_scope}
             after = {"assignments": [assignment]}
             body = {"properties": {"roleDefinitionId": role_id, "scope": full_scope, "principalId": principal}}
+
+            def create():
+                now = equivalents()  # under the account's lock: only one of several parallel runs writes
+                if now:
+                    raced.extend(now)
+                    return None
+                return ops.begin_create_update_sql_role_assignment(new, rg, name, body).result()
             steps.append(("PUT sqlRoleAssignments/%s (%s on %s)" % (new, assignment["role"], relative or "/"),
-                          lambda: write(mod, account, retries, lambda: ops.begin_create_update_sql_role_assignment(
-                              new, rg, name, body).result())))
+                          lambda: write(mod, account, retries, create)))
         removed = []
     else:
         assignment = found[-1] if found else {}
@@ -219,6 +232,9 @@ def main():
                           lambda old=old: write(mod, account, retries, lambda: ops.begin_delete_sql_role_assignment(
                               old, rg, name).result())))
     operations = mod.apply_steps(steps, "Cosmos DB account %s" % name)
+    if raced:
+        mod.exit(False, before=before, after={"assignments": raced}, assignment=raced[0], removed=[],
+                 retries=retries[0], operations=[])
     mod.exit(bool(steps), before=before, after=after, assignment=assignment, removed=removed,
              retries=retries[0], operations=operations)
 

@@ -155,7 +155,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 connected_as:
-  description: What the database reported as C(current_user) (C(CURRENT_USER) on Azure SQL).
+  description:
+    - What the database reported as C(current_user) (C(CURRENT_USER) on Azure SQL).
+    - For Cosmos DB, which has no users, the principal (object) id of the token it accepted.
   returned: success
   type: str
   sample: mi-orders-api
@@ -168,7 +170,10 @@ token_expires_on:
   returned: success
   type: int
 row:
-  description: First row of O(query), as a list.
+  description:
+    - First row of O(query), as a list.
+    - For Cosmos DB, the first item's values in the order of its sorted property names, without the system
+      properties (C(_rid), C(_etag), ...).
   returned: success
   type: list
   elements: raw
@@ -282,6 +287,7 @@ class RecordingCredential:
         except Exception as exc:  # azure-identity raises several unrelated types; reported by check_cosmos
             self.error = exc
             raise
+        self.error = None  # azure-cosmos retries another scope after some refusals: only the last outcome counts
         return self.access
 
 
@@ -297,9 +303,12 @@ def cosmos_endpoint(mod):
     except ValueError:
         port = -1
     if (parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment
-            or parts.username or parts.password or port == -1 or not all(c.isalnum() or c in "-." for c in parts.hostname)):
+            or parts.username or parts.password or port in (-1, 0)
+            or not all(c.isalnum() or c in "-." for c in parts.hostname)):
+        shown = text.replace(parts.netloc, parts.netloc.rpartition("@")[2]) if "@" in parts.netloc else text
         mod.fail("host %r is not a Cosmos DB account endpoint: give https://<account>.documents.azure.com:443/ or the "
-                 "host name alone" % mod.params["host"])
+                 "host name alone%s" % (shown, " (the user and password it held are not shown)" if "@" in parts.netloc
+                                        else ""))
     for cloud, suffix in cosmos.ENDPOINT_SUFFIXES.items():
         if parts.hostname.endswith(suffix) and mod.cloud.name in cosmos.ENDPOINT_SUFFIXES and cloud != mod.cloud.name:
             mod.fail("host %s is a Cosmos DB endpoint of %s, but cloud_environment is %s: its token would be for the "
@@ -317,8 +326,10 @@ def check_cosmos(mod, credential):
         from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
         mod.module.fail_json(msg=missing_required_lib("azure-cosmos"))
     try:
+        # connection_verify=True: azure-cosmos otherwise skips TLS verification for a localhost endpoint (its
+        # emulator), and a tunnel to a real account is reached as localhost too.
         client = CosmosClient(cosmos_endpoint(mod), credential=credential, connection_timeout=params["connect_timeout"],
-                              retry_total=2, retry_backoff_max=2)
+                              retry_total=2, retry_backoff_max=2, connection_verify=True)
         container = client.get_database_client(params["database"]).get_container_client(params["container"])
         container.read()
     except Exception as exc:  # CosmosHttpResponseError, connection errors, or the credential's own error
@@ -408,12 +419,33 @@ def main():
     mod.exit(False, **result)
 
 
+def cosmos_status(exc):
+    """`` (status 403, substatus 5301)`` for a Cosmos DB error, else ``""``: the substatus says which refusal it is."""
+    status, sub = getattr(exc, "status_code", None), getattr(exc, "sub_status", None)
+    if status is None:
+        return ""
+    return " (status %s%s)" % (status, ", substatus %s" % sub if sub else "")
+
+
 def main_cosmos(mod):
     params = mod.params
+    for option in ("database", "container"):
+        if not (params[option] or "").strip():
+            mod.fail("%s is required for database_type=cosmos" % option)
+        problem = cosmos.name_problem(params[option])
+        if problem:
+            mod.fail("%s %r is not a Cosmos DB id: it %s" % (option, params[option], problem))
+    if not 1 <= params["connect_timeout"] <= 300:
+        mod.fail("connect_timeout must be between 1 and 300 seconds, got %s" % params["connect_timeout"])
+    if params["parameters"] and not params["query"]:
+        mod.fail("parameters are given but no query uses them")
     for number, parameter in enumerate(params["parameters"] or []):
-        if sorted(parameter) != ["name", "value"] or not str(parameter["name"]).startswith("@"):
-            mod.fail("parameters[%d] must be {name: '@<name>', value: <value>}, got keys %s"
-                     % (number, ", ".join(sorted(parameter))))
+        if sorted(parameter) != ["name", "value"]:
+            mod.fail("parameters[%d] must have exactly the keys name and value, got %s"
+                     % (number, ", ".join(sorted(parameter)) or "none"))
+        if not isinstance(parameter["name"], str) or not parameter["name"].startswith("@"):
+            mod.fail("parameters[%d].name must be a string starting with @ (as the query names it), got %r"
+                     % (number, parameter["name"]))
     expected = (params["expected_user"] or "").lower() or None
     cosmos_endpoint(mod)  # a bad endpoint fails before any token is asked for
     credential = RecordingCredential(mod.credential, params["cosmos_scope"])
@@ -424,11 +456,17 @@ def main_cosmos(mod):
         if credential.access is None:
             mod.fail("no token for Cosmos DB (scope %s) from this host's credential (auth_source=%s)"
                      % (credential.scope, params["auth_source"]), failed.args[0])
-        mod.fail("Cosmos DB refused %s on %s/%s/%s" % (object_id_of(credential.access.token), params["host"],
-                                                       params["database"], params["container"]), failed.args[0],
-                 token_object_id=object_id_of(credential.access.token), scope=credential.scope)
+        if getattr(failed.args[0], "status_code", None) == 404:
+            mod.fail("database %s or its container %s does not exist in %s (status 404): create it through ARM; "
+                     "data-plane roles cannot" % (params["database"], params["container"], params["host"].rstrip("/")),
+                     token_object_id=object_id_of(credential.access.token), scope=credential.scope)
+        mod.fail("Cosmos DB refused %s on %s/%s/%s%s" % (
+            object_id_of(credential.access.token), params["host"].rstrip("/"), params["database"], params["container"],
+            cosmos_status(failed.args[0])), failed.args[0],
+            token_object_id=object_id_of(credential.access.token), scope=credential.scope)
     except QueryFailed as failed:
-        mod.fail("signed in as %s, but the query failed (the sign-in itself works)" % failed.args[0], failed.args[1],
+        mod.fail("signed in as %s, but the query failed%s (the sign-in itself works)"
+                 % (failed.args[0], cosmos_status(failed.args[1])), failed.args[1],
                  connected_as=failed.args[0], token_object_id=failed.args[0], scope=credential.scope)
     plain = [v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for v in (row or [])]
     result = dict(connected_as=principal, token_object_id=principal, token_expires_on=int(credential.access.expires_on),

@@ -110,25 +110,34 @@ def main():
                 field=dict(type="str", default="key"))
     mod = MIModule(spec)
     params = mod.params
-    path, field = params["path"].strip("/"), params["field"]
-    if not path or ".." in path.split("/"):
-        mod.fail("path %r must name a secret inside the mount (no leading mount, no '..')" % params["path"])
+    path, field, mount = params["path"].strip("/"), params["field"], params["mount"].strip("/")
+    for option, value in (("mount", params["mount"]), ("path", params["path"])):
+        problem = vault.path_problem(option, value)
+        if problem:
+            mod.fail(problem + " (path names a secret inside the mount, without the mount)")
     if not field or len(field) > 256:
         mod.fail("field must be 1 to 256 characters")
-    target = "%s/%s#%s" % (params["mount"], path, field)
+    target = "%s/%s#%s" % (mount, path, field)
     try:
         import hvac.exceptions  # pylint: disable=import-outside-toplevel
     except ImportError:
         from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
         mod.module.fail_json(msg=missing_required_lib("hvac"))
     try:
-        kv = vault.client(params, mod.module.warn).secrets.kv.v2
+        client = vault.client(params, mod.module.warn)
+        engine = vault.kv_version(client, mount)
     except vault.VaultConfigError as exc:
         mod.fail(str(exc))
+    except Exception as exc:  # hvac raises per status code, requests per transport
+        mod.fail("could not read the configuration of mount %s" % mount, exc)
+    if engine != "2":
+        mod.fail("mount %s is not a KV version 2 secrets engine (%s): nothing was written"
+                 % (mount, "KV version %s" % engine if engine else "not KV"))
+    kv = client.secrets.kv.v2
 
     key = read_key(mod)
     try:
-        current = kv.read_secret_version(path=path, mount_point=params["mount"], raise_on_deleted_version=False)["data"]
+        current = kv.read_secret_version(path=path, mount_point=mount, raise_on_deleted_version=False)["data"]
     except hvac.exceptions.InvalidPath:
         current = None
     except Exception as exc:  # hvac raises per status code, requests per transport
@@ -143,7 +152,7 @@ def main():
         mod.exit(True, before={"secret": target, "version": version}, after={"secret": target, "version": None},
                  secret=target, version=None, operations=operations)
     try:
-        written = kv.create_or_update_secret(path=path, secret=data, mount_point=params["mount"])
+        written = kv.create_or_update_secret(path=path, secret=data, mount_point=mount)
     except Exception as exc:  # hvac raises per status code
         mod.fail("could not write %s" % target, exc)
     new_version = (written.get("data") or {}).get("version")

@@ -233,5 +233,76 @@ def test_vault_kv_cosmos_key_writes_the_current_key_without_showing_it(lab):
     assert not again["changed"] and again["version"] == 2
     readonly = run_module(lab, "vault_kv_cosmos_key", key_kind="secondaryReadonly", field="readonly_key", **args)
     assert readonly["changed"] and readonly["secret"].endswith("#readonly_key")
-    bad = run_module(lab, "vault_kv_cosmos_key", **{**args, "path": "../etc"})
-    assert bad["failed"] and "must name a secret inside the mount" in bad["msg"]
+    for hostile in ({"path": "../etc"}, {"path": "   "}, {"path": "a//b"}, {"mount": "secret/../sys"}):
+        bad = run_module(lab, "vault_kv_cosmos_key", **{**args, **hostile})
+        assert bad["failed"] and "must be a path of non-empty segments" in bad["msg"], (hostile, bad)
+    cubbyhole = run_module(lab, "vault_kv_cosmos_key", **{**args, "mount": "cubbyhole"})
+    assert cubbyhole["failed"] and "mount cubbyhole is not a KV version 2 secrets engine" in cubbyhole["msg"]
+    two_tokens = lab.state / "two-tokens"
+    two_tokens.write_text("hvs.FIRSTTOKENVALUE\nhvs.SECONDTOKENVALUE\n")
+    leaked = run_module(lab, "vault_kv_cosmos_key", **{**args, "token_file": str(two_tokens)})
+    assert leaked["failed"] and "does not hold one Vault token" in leaked["msg"], leaked
+    assert "TOKENVALUE" not in json.dumps(leaked)
+
+
+@pytest.fixture(scope="module")
+def workload(lab):
+    """mi-cosmos-check, attached to vm-catalog, with Data Reader on the items container only."""
+    identity = run_module(lab, "azure_mi", name="mi-cosmos-check", resource_group="rg-lab-apps",
+                          location="eastus2")["identity"]
+    attached = run_module(lab, "azure_mi_assignment", name="vm-catalog", resource_group="rg-lab-apps",
+                          identity_ids=[identity["id"]])
+    assert not attached["failed"], attached
+    env = {"AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{lab.base + 3}/vms/vm-catalog"}
+    return identity, env
+
+
+def login_check(lab, workload, **args):
+    identity, env = workload
+    return run_module(lab, "mi_login_check", env=env, **{
+        "database_type": "cosmos", "host": f"https://localhost:{lab.base + 9}/", "database": "appdb",
+        "container": "items", "auth_source": "managed_identity", "client_id": identity["client_id"], **args})
+
+
+def test_login_check_is_refused_without_a_data_role_then_reads_and_queries(lab, workload):
+    identity = workload[0]
+    refused = login_check(lab, workload)
+    assert refused["failed"] and "Cosmos DB refused" in refused["msg"] and "5301" in refused["msg"], refused
+    assert refused["token_object_id"] == identity["principal_id"]
+    assert "cosmos_rbac" in refused["remedy"]
+    granted = rbac(lab, principal_id=identity["principal_id"], role="Data Reader", scope="/dbs/appdb/colls/items")
+    assert granted["changed"] and not granted["failed"], granted
+    passed = login_check(lab, workload, query="SELECT c.id, c.name FROM c WHERE c.category = @cat",
+                         parameters=[{"name": "@cat", "value": "electronics"}],
+                         expected_user=identity["principal_id"].upper())
+    assert not passed["failed"] and not passed["changed"], passed
+    assert passed["connected_as"] == identity["principal_id"] and passed["item_count"] == 3
+    assert passed["scope"] == "https://localhost/.default" and len(passed["row"]) == 2
+    forced = login_check(lab, workload, cosmos_scope="https://cosmos.azure.com/.default")
+    assert not forced["failed"] and forced["scope"] == "https://cosmos.azure.com/.default", forced
+    other = login_check(lab, workload, expected_user=DANA)
+    assert other["failed"] and f"expected {DANA}" in other["msg"]
+    outside = login_check(lab, workload, container="nope")  # outside its scope: refused before any existence check
+    assert outside["failed"] and "(status 403, substatus 5301)" in outside["msg"], outside
+
+
+@pytest.mark.parametrize("args, words", [
+    (dict(host="http://localhost:1/"), "is not a Cosmos DB account endpoint"),
+    (dict(host="https://localhost:99999/"), "is not a Cosmos DB account endpoint"),
+    (dict(host="https://localhost/dbs/appdb"), "is not a Cosmos DB account endpoint"),
+    (dict(host="cosmos-prod.documents.azure.us", cloud_environment="AzureCloud", cloud_endpoints=None),
+     "is a Cosmos DB endpoint of AzureUSGovernment, but cloud_environment is AzureCloud"),
+    (dict(query="SELECT * FROM c WHERE c.category = @cat", parameters=[{"name": "cat", "value": "x"}]),
+     "parameters[0].name must be a string starting with @"),
+    (dict(parameters=[{"name": "@cat", "value": "x"}]), "parameters are given but no query uses them"),
+    (dict(database="appdb/colls/items"), "database 'appdb/colls/items' is not a Cosmos DB id"),
+    (dict(container=".."), "container '..' is not a Cosmos DB id"),
+    (dict(host="https://user:S3cretPw@localhost/"), "the user and password it held are not shown"),
+    (dict(host="localhost:0"), "is not a Cosmos DB account endpoint"),
+    (dict(connect_timeout=-5), "connect_timeout must be between 1 and 300 seconds"),
+    (dict(container=" "), "container is required for database_type=cosmos"),
+])
+def test_login_check_refuses_bad_input_before_asking_for_a_token(lab, workload, args, words):
+    result = login_check(lab, workload, **args)
+    assert result["failed"] and words in result["msg"], result
+    assert "token_object_id" not in result and "S3cretPw" not in result["msg"]

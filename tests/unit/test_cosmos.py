@@ -179,3 +179,15 @@ def test_account_lock_excludes_other_processes_and_times_out():
         holder.join(10)
     with cosmos.AccountLock(account, 1):  # free again once the holder is gone
         pass
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a\x00b", "tab\there", "trailing ", "a/b", "a#b", "x" * 256, ""])
+def test_names_cosmos_cannot_have(name):
+    assert cosmos.name_problem(name)
+    with pytest.raises(cosmos.ScopeError):
+        cosmos.normalise_scope("/dbs/%s/colls/x" % name, ACCOUNT)
+
+
+@pytest.mark.parametrize("name", ["appdb", "App DB", "ünï", "a]b", 'a"b', "a;b", "x" * 255])
+def test_names_cosmos_can_have(name):
+    assert cosmos.name_problem(name) is None
