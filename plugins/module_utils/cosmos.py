@@ -29,6 +29,8 @@ import tempfile
 import time
 import uuid
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
+
 BUILT_IN_ROLES = {
     "00000000-0000-0000-0000-000000000001": "Cosmos DB Built-in Data Reader",
     "00000000-0000-0000-0000-000000000002": "Cosmos DB Built-in Data Contributor",
@@ -67,6 +69,27 @@ def name_problem(name):
     if name != name.rstrip() or name in (".", ".."):
         return "must not end with a space or be . or .."
     return None
+
+
+# The options of the doc fragment csa_inabox.managed_identity.cosmos.
+ACCOUNT_ARGUMENT_SPEC = dict(
+    account_name=dict(type="str", required=True),
+    resource_group=dict(type="str", required=True),
+)
+
+
+def read_account(mod):
+    """The module's account (``account_name`` in ``resource_group``) as ARM returns it, in REST shape; fails the
+    module, with a remedy, when it cannot be read."""
+    from azure.core.exceptions import ResourceNotFoundError  # pylint: disable=import-outside-toplevel
+
+    rg, name = mod.params["resource_group"], mod.params["account_name"]
+    try:
+        return as_dict(mod.clients.cosmos.database_accounts.get(rg, name))
+    except ResourceNotFoundError as exc:
+        mod.fail("Cosmos DB account %s was not found in resource group %s" % (name, rg), exc)
+    except Exception as exc:  # the SDK's HttpResponseError family
+        mod.fail("could not read Cosmos DB account %s" % name, exc)
 
 
 class ScopeError(ValueError):

@@ -23,14 +23,6 @@ description:
     regenerates them again.
 author: csa-inabox core team (@csa-inabox)
 options:
-  account_name:
-    description: Name of the Cosmos DB account.
-    type: str
-    required: true
-  resource_group:
-    description: Resource group of the account.
-    type: str
-    required: true
   disable_local_auth:
     description: V(true) accepts Entra tokens only; V(false) accepts keys again (rollback). Left alone when omitted.
     type: bool
@@ -49,6 +41,7 @@ options:
     elements: str
     default: []
 extends_documentation_fragment:
+  - csa_inabox.managed_identity.cosmos
   - csa_inabox.managed_identity.azure
   - csa_inabox.managed_identity.attributes
 seealso:
@@ -99,23 +92,11 @@ operations:
 
 import datetime
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import cosmos
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule
 
 TAG = "csa-inabox-keys-regenerated"
 KEY_KINDS = ("primary", "secondary", "primaryReadonly", "secondaryReadonly")
-
-
-def read_account(mod):
-    from azure.core.exceptions import ResourceNotFoundError  # pylint: disable=import-outside-toplevel
-
-    rg, name = mod.params["resource_group"], mod.params["account_name"]
-    try:
-        return as_dict(mod.clients.cosmos.database_accounts.get(rg, name))
-    except ResourceNotFoundError as exc:
-        mod.fail("Cosmos DB account %s was not found in resource group %s" % (name, rg), exc)
-    except Exception as exc:
-        mod.fail("could not read Cosmos DB account %s" % name, exc)
 
 
 def count_assignments(mod):
@@ -128,8 +109,7 @@ def count_assignments(mod):
 
 def main():
     mod = MIModule(dict(
-        account_name=dict(type="str", required=True),
-        resource_group=dict(type="str", required=True),
+        cosmos.ACCOUNT_ARGUMENT_SPEC,
         disable_local_auth=dict(type="bool"),
         regenerate_keys=dict(type="bool", default=False),
         applications_using_keys=dict(type="list", elements="str", default=[], no_log=False),
@@ -151,7 +131,7 @@ def main():
                  "first (or remove them from the inventory if they are gone)"
                  % (name, ", ".join(sorted(params["applications_using_keys"]))))
 
-    account = read_account(mod)
+    account = cosmos.read_account(mod)
     props = account.get("properties") or {}
     tags = dict(account.get("tags") or {})
     disabled = bool(props.get("disableLocalAuth"))

@@ -24,14 +24,6 @@ description:
     created seconds ago) is retried for O(principal_wait_timeout) seconds.
 author: csa-inabox core team (@csa-inabox)
 options:
-  account_name:
-    description: Name of the Cosmos DB account.
-    type: str
-    required: true
-  resource_group:
-    description: Resource group of the account.
-    type: str
-    required: true
   principal_id:
     description:
       - Object (principal) id of the identity, user, group or service principal. Not its client id.
@@ -67,6 +59,7 @@ options:
     type: int
     default: 120
 extends_documentation_fragment:
+  - csa_inabox.managed_identity.cosmos
   - csa_inabox.managed_identity.azure
   - csa_inabox.managed_identity.attributes
 notes:
@@ -127,19 +120,6 @@ from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base i
 NIL_GUID = "00000000-0000-0000-0000-000000000000"
 
 
-def read_account(mod):
-    """The account's ARM id as Azure spells it; fails the module when it does not exist."""
-    from azure.core.exceptions import ResourceNotFoundError  # pylint: disable=import-outside-toplevel
-
-    rg, name = mod.params["resource_group"], mod.params["account_name"]
-    try:
-        return as_dict(mod.clients.cosmos.database_accounts.get(rg, name))["id"]
-    except ResourceNotFoundError as exc:
-        mod.fail("Cosmos DB account %s was not found in resource group %s" % (name, rg), exc)
-    except Exception as exc:
-        mod.fail("could not read Cosmos DB account %s" % name, exc)
-
-
 def check_role_exists(mod, guid):
     """Custom role definitions must exist in the account (built-in ones always do)."""
     if guid in cosmos.BUILT_IN_ROLES:
@@ -158,8 +138,7 @@ def check_role_exists(mod, guid):
 
 def main():
     mod = MIModule(dict(
-        account_name=dict(type="str", required=True),
-        resource_group=dict(type="str", required=True),
+        cosmos.ACCOUNT_ARGUMENT_SPEC,
         principal_id=dict(type="str", required=True),
         role=dict(type="str", required=True),
         scope=dict(type="str", default="/"),
@@ -184,7 +163,7 @@ def main():
     except cosmos.ScopeError as exc:
         mod.fail(str(exc))
 
-    account = read_account(mod)  # the id as Azure spells it, used in what is written and compared
+    account = cosmos.read_account(mod)["id"]  # the id as Azure spells it, used in what is written and compared
     full_scope = account + relative
     check_role_exists(mod, guid)
     ops = mod.clients.cosmos.sql_resources

@@ -18,14 +18,6 @@ description:
   - Changes nothing when the secret's current version already holds that key (compared in constant time).
 author: csa-inabox core team (@csa-inabox)
 options:
-  account_name:
-    description: Name of the Cosmos DB account.
-    type: str
-    required: true
-  resource_group:
-    description: Resource group of the account.
-    type: str
-    required: true
   key_kind:
     description: Which key to store. The read-only keys only read data.
     type: str
@@ -44,6 +36,7 @@ options:
     type: str
     default: key
 extends_documentation_fragment:
+  - csa_inabox.managed_identity.cosmos
   - csa_inabox.managed_identity.azure
   - csa_inabox.managed_identity.vault
   - csa_inabox.managed_identity.attributes
@@ -77,7 +70,7 @@ operations:
 
 import hmac
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import vault
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import cosmos, vault
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
 
@@ -104,8 +97,8 @@ def read_key(mod):
 
 def main():
     spec = dict(vault.VAULT_ARGUMENT_SPEC)
-    spec.update(account_name=dict(type="str", required=True), resource_group=dict(type="str", required=True),
-                key_kind=dict(type="str", default="primary", choices=list(FIELDS), no_log=False),
+    spec.update(cosmos.ACCOUNT_ARGUMENT_SPEC)
+    spec.update(key_kind=dict(type="str", default="primary", choices=list(FIELDS), no_log=False),
                 mount=dict(type="str", default="secret"), path=dict(type="str", required=True),
                 field=dict(type="str", default="key"))
     mod = MIModule(spec)
