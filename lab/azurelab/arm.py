@@ -7,6 +7,13 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   DELETE (200, or 204 when absent), list by resource group. Creating one registers its service principal in the
   directory; deleting removes it there but, as in Azure, leaves the reference on any VM it was attached to
   ("Deleting a user-assigned identity doesn't remove it from the resources it was assigned to").
+* ``userAssignedIdentities/{i}/federatedIdentityCredentials[/{name}]``: PUT (201 new, 200 replaced), GET, list,
+  DELETE (200, or 204 when absent). ``properties.issuer`` (an https URL), ``subject`` and ``audiences`` (exactly one)
+  are required and kept exactly as written (Entra compares them exactly); the name must match
+  ``^[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}$``; an identity holds at most 20. Writes to one identity's credentials less than
+  ``FIC_WRITE_WINDOW_S`` apart get Azure's 409 ``ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity``
+  (the real service refuses overlapping writes; its writes take seconds, the lab's none). Deleting the identity deletes
+  its credentials. :meth:`ArmState.federated_credentials` gives them to the Entra double by client id.
 * ``Microsoft.Compute/virtualMachines``: GET, list, PATCH (200 only) with VM identity PATCH semantics: listed
   ``userAssignedIdentities`` keys are added, ``null`` removes one, unlisted ones are kept, ``type`` replaces
   (``None`` drops all, ``SystemAssigned`` drops the user-assigned ones).
@@ -43,7 +50,8 @@ Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /la
 ``GET|POST|DELETE /lab/faults``, ``GET /lab/state``.
 
 Not emulated: Azure RBAC (any valid token may do anything), locks, policy, tags-only PATCH of identities,
-federated credentials, PUT of VMs or servers (only the seeded ones exist), any VM/server property other than
+the 20-credential limit's exact wording (the lab's code ``FederatedIdentityCredentialsLimitExceeded``), PUT of VMs
+or servers (only the seeded ones exist), any VM/server property other than
 ``identity``/``tags``/``authConfig`` (SQL: other than the Entra admin and Entra-only flag; no server PUT/PATCH, no
 list of ``administrators`` or ``azureADOnlyAuthentications``, no managed instances; Cosmos: no account PUT, no
 ``sqlDatabases``/``containers`` routes (the seeded ones are only read by the lab), no custom role definitions,
@@ -83,6 +91,11 @@ PAGE_SIZE = 5  # small on purpose: clients' nextLink paging code runs in the lab
 OPERATION_S = 0.1
 RETRY_AFTER_MS = "50"
 HOURLY_BUDGET = {"reads": 12000, "writes": 1200, "deletes": 15000}
+FIC = "federatedIdentityCredentials"
+FIC_TYPE = "Microsoft.ManagedIdentity/userAssignedIdentities/" + FIC
+FIC_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}")
+FIC_LIMIT = 20
+FIC_WRITE_WINDOW_S = 0.3
 WRITE_METHODS = ("PUT", "PATCH", "DELETE", "POST")
 
 MI = "Microsoft.ManagedIdentity/userAssignedIdentities"
@@ -183,6 +196,7 @@ class ArmState:
         self._resources: dict[str, dict] = {}  # lower-case id -> the resource as GET returns it
         self._operations: dict[str, dict] = {}
         self._faults: list[dict] = []
+        self._fic_writes: dict[str, float] = {}  # identity id -> when its last credential write was accepted
         self.reset_counters()
         if paths.arm_state.exists():
             self._resources = json.loads(paths.arm_state.read_text())["resources"]
@@ -581,9 +595,85 @@ class ArmState:
             identity = self._resources.pop(self._id(rg, MI, name).lower(), None)
             if identity is None:
                 return 204
+            for key in [k for k in self._resources if k.startswith(identity["id"].lower() + "/")]:
+                del self._resources[key]
             self.directory.remove(identity["properties"]["principalId"])
             self._save()
             return 200
+
+    # ----- federated identity credentials -----
+
+    def _fics(self, identity: dict) -> list[dict]:
+        prefix = identity["id"].lower() + f"/{FIC.lower()}/"
+        return [r for k, r in self._resources.items() if k.startswith(prefix)]
+
+    def fic_list(self, rg: str, identity_name: str) -> list[dict]:
+        with self._lock:
+            return copy.deepcopy(sorted(self._fics(self._require(rg, MI, identity_name)), key=lambda r: r["name"]))
+
+    def fic_get(self, rg: str, identity_name: str, name: str) -> dict:
+        with self._lock:
+            identity = self._require(rg, MI, identity_name)
+            found = self._get(f"{identity['id']}/{FIC}/{name}")
+            if found is None:
+                raise ArmError(404, "NotFound", f"Federated Identity Credential '{name}' not found for managed "
+                                                f"identity '{identity_name}'.")
+            return copy.deepcopy(found)
+
+    def _fic_write_slot(self, identity: dict) -> None:
+        """Refuse a write that overlaps the previous one on the same identity, as Azure does (409)."""
+        now = time.monotonic()
+        last = self._fic_writes.get(identity["id"].lower(), 0.0)
+        if now - last < FIC_WRITE_WINDOW_S:
+            raise ArmError(409, "ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity",
+                           f"Too many Federated Identity Credentials are written concurrently for the managed identity "
+                           f"{identity['id']}. Concurrent Federated Identity Credentials writes under the same managed "
+                           f"identity are not supported.")
+        self._fic_writes[identity["id"].lower()] = now
+
+    def fic_put(self, rg: str, identity_name: str, name: str, body: dict) -> tuple[int, dict]:
+        props = body.get("properties") or {}
+        if not FIC_NAME.fullmatch(name):
+            raise ArmError(400, "BadRequest", f"The federated identity credential name '{name}' is invalid: it must "
+                                              f"match ^[a-zA-Z0-9][a-zA-Z0-9-_]{{2,119}}$.")
+        issuer, subject, audiences = props.get("issuer"), props.get("subject"), props.get("audiences")
+        if not isinstance(issuer, str) or not issuer.startswith("https://"):
+            raise ArmError(400, "BadRequest", "The issuer of a federated identity credential must be an https URL.")
+        if not isinstance(subject, str) or not subject.strip():
+            raise ArmError(400, "BadRequest", "The subject of a federated identity credential is required.")
+        if not isinstance(audiences, list) or len(audiences) != 1 or not isinstance(audiences[0], str):
+            raise ArmError(400, "BadRequest", "A federated identity credential must have exactly one audience.")
+        with self._lock:
+            identity = self._require(rg, MI, identity_name)
+            existing = self._get(f"{identity['id']}/{FIC}/{name}")
+            if existing is None and len(self._fics(identity)) >= FIC_LIMIT:
+                raise ArmError(400, "FederatedIdentityCredentialsLimitExceeded",
+                               f"The managed identity {identity['id']} already has {FIC_LIMIT} federated identity "
+                               f"credentials, the most one identity may have.")
+            self._fic_write_slot(identity)
+            credential = {"id": f"{identity['id']}/{FIC}/{name}", "name": name, "type": FIC_TYPE,
+                          "properties": {"issuer": issuer, "subject": subject, "audiences": list(audiences)}}
+            self._store(credential)
+            self._save()
+            return (200 if existing else 201), copy.deepcopy(credential)
+
+    def fic_delete(self, rg: str, identity_name: str, name: str) -> int:
+        with self._lock:
+            identity = self._require(rg, MI, identity_name)
+            if self._get(f"{identity['id']}/{FIC}/{name}") is None:
+                return 204
+            self._fic_write_slot(identity)
+            del self._resources[f"{identity['id']}/{FIC}/{name}".lower()]
+            self._save()
+            return 200
+
+    def federated_credentials(self, client_id: str) -> list[dict]:
+        """The federated credentials (``{"issuer", "subject", "audiences"}``) of the identity with this client id."""
+        with self._lock:
+            for resource in self._resources.values():
+                if resource["type"] == MI and resource["properties"]["clientId"].lower() == client_id.lower():
+                    return [copy.deepcopy(r["properties"]) for r in self._fics(resource)]
+            return []
 
     # ----- virtual machines -----
 
@@ -1075,6 +1165,8 @@ class ArmHandler(JsonHandler):
         name = raw[7]
         if len(seg) == 8:
             return self.resource(state, method, rg, type_, name, body, base_url, api)
+        if type_ == MI and seg[8] == FIC.lower() and len(seg) in (9, 10):
+            return self.fic(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url)
         if type_ == PG and seg[8] == "administrators" and len(seg) in (9, 10):
             return self.pg_admin(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url, api)
         sql_children = (["administrators", "activedirectory"], ["azureadonlyauthentications", "default"])
@@ -1130,6 +1222,19 @@ class ArmHandler(JsonHandler):
         if type_ == COSMOS and method == "PATCH":
             answer, headers = state.cosmos_patch(rg, name, body, base_url, api)
             return 200, answer, headers
+        raise self.unsupported()
+
+    def fic(self, state: ArmState, method: str, rg: str, identity: str, name: str | None, body: dict, base_url: str):
+        if name is None:
+            if method == "GET":
+                return self.page(state.fic_list(rg, identity), base_url)
+        elif method == "GET":
+            return 200, state.fic_get(rg, identity, name), {}
+        elif method == "PUT":
+            status, credential = state.fic_put(rg, identity, name, body)
+            return status, credential, {}
+        elif method == "DELETE":
+            return state.fic_delete(rg, identity, name), None, {}
         raise self.unsupported()
 
     def pg_admin(self, state: ArmState, method: str, rg: str, server: str, object_id: str | None, body: dict,
