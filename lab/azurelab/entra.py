@@ -4,14 +4,23 @@ Routes (``{tenant}`` is the lab tenant id):
 
 * ``GET /{tenant}/v2.0/.well-known/openid-configuration`` and ``GET /{tenant}/.well-known/openid-configuration``
 * ``GET /{tenant}/discovery/v2.0/keys`` - the issuer's JWK Set
-* ``POST /{tenant}/oauth2/v2.0/token`` - ``grant_type=client_credentials`` with ``client_secret``, one
-  ``<resource>/.default`` scope; the resource must be one of the topology's ``audiences``.
+* ``POST /{tenant}/oauth2/v2.0/token`` - ``grant_type=client_credentials`` with ``client_secret``, or with a
+  ``client_assertion`` (``client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer``) for a
+  managed identity's client id: workload identity federation. One ``<resource>/.default`` scope; the resource must be
+  one of the topology's ``audiences``.
+
+Workload identity federation, as Entra does it: the assertion's ``iss``, ``sub`` and ``aud`` must equal, exactly (case
+and trailing slash included), the issuer, subject and audience of one of the identity's federated credentials (held
+by the ARM double), else ``AADSTS70021``. The assertion must be signed by a key of its issuer, found the way Entra finds
+it: ``<iss>/.well-known/openid-configuration``, then its ``jwks_uri``, over HTTPS (the lab CA trusted), else
+``AADSTS700027``; and be within its validity window (60 s leeway), else ``AADSTS700024``.
 
 Clients: ``ClientSecretCredential`` / ``EnvironmentCredential`` with ``AZURE_AUTHORITY_HOST=https://127.0.0.1:<port>``
 and ``disable_instance_discovery=True``: MSAL sends instance discovery for hosts it does not know to
 ``login.microsoftonline.com`` (never to the authority itself), and the lab has no route there.
 
-Not emulated: other grant types (authorization code, device code, client assertions, refresh tokens), v1.0
+Not emulated: other grant types (authorization code, device code, refresh tokens), client assertions for
+applications (certificates) rather than managed identities, caching rules of issuer keys (fetched at every exchange), v1.0
 endpoints (the v1 discovery path serves the v2.0 document), certificates as client credentials, conditional
 access, ``/common`` and ``/organizations``, throttling. Error bodies follow Entra's shape
 (``error``, ``error_description`` starting with the AADSTS code, ``error_codes``, ``timestamp``, ``trace_id``,
@@ -21,7 +30,14 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import json
+import ssl
+import time
+import urllib.request
 import uuid
+from typing import Callable
+
+import jwt
 
 from .directory import Directory
 from .tokens import TOKEN_LIFETIME_S, Issuer, normalise_audience
@@ -32,8 +48,15 @@ class Entra:
     """The state the handler needs: tenant, issuer, directory, client secrets and the audiences the tenant knows."""
 
     def __init__(self, issuer: Issuer, directory: Directory, authority_host: str, audiences: list[str],
-                 client_secrets: dict[str, str]):
-        """``client_secrets`` maps a client id to its secret (from ``paths().secrets``, never logged)."""
+                 client_secrets: dict[str, str],
+                 federated_credentials: Callable[[str], list[dict]] = lambda client_id: [],
+                 issuer_tls: ssl.SSLContext | None = None):
+        """``client_secrets`` maps a client id to its secret (from ``paths().secrets``, never logged).
+        ``federated_credentials(client_id)`` gives a managed identity's federated credentials
+        (``[{"issuer", "subject", "audiences"}]``, :meth:`azurelab.arm.ArmState.federated_credentials`);
+        ``issuer_tls`` is how the issuers' OIDC documents are fetched (default: the system's trust store)."""
+        self.federated_credentials = federated_credentials
+        self.issuer_tls = issuer_tls or ssl.create_default_context()
         self.issuer = issuer
         self.directory = directory
         self.authority_host = authority_host.rstrip("/")
@@ -55,6 +78,20 @@ class Entra:
             "tenant_region_scope": "NA",
             "cloud_instance_name": "lab.local",
         }
+
+    def issuer_keys(self, issuer: str) -> jwt.PyJWKSet:
+        """The signing keys an OIDC issuer publishes (its discovery document's ``jwks_uri``); raises ``OSError`` or
+        ``ValueError`` when they cannot be had."""
+        def fetch(url: str) -> dict:
+            with urllib.request.urlopen(url, context=self.issuer_tls, timeout=5) as answer:  # noqa: S310 - https only
+                return json.loads(answer.read())
+        if not issuer.startswith("https://"):
+            raise ValueError("the issuer is not an https URL")
+        discovery = fetch(issuer.rstrip("/") + "/.well-known/openid-configuration")
+        jwks_uri = discovery.get("jwks_uri", "")
+        if not jwks_uri.startswith("https://"):
+            raise ValueError("the issuer's discovery document has no https jwks_uri")
+        return jwt.PyJWKSet.from_dict(fetch(jwks_uri))
 
     def secret_matches(self, client_id: str, secret: str) -> bool:
         expected = self._secrets.get(client_id.lower())
@@ -115,11 +152,15 @@ class EntraHandler(JsonHandler):
                                f"'{entra.issuer.tenant_id}'. This can happen if the application has not been installed "
                                "by the administrator of the tenant or consented to by any user in the tenant. You may "
                                "have sent your authentication request to the wrong tenant.")
-        if "client_secret" not in form:
+        if "client_assertion" in form:
+            refused = self.federated(entra, principal, form)
+            if refused:
+                return refused
+        elif "client_secret" not in form:
             return entra_error(401, "invalid_client", 7000218,
                                "The request body must contain the following parameter: 'client_assertion' or "
                                "'client_secret'.")
-        if not entra.secret_matches(client_id, form["client_secret"]):
+        elif not entra.secret_matches(client_id, form["client_secret"]):
             return entra_error(401, "invalid_client", 7000215,
                                "Invalid client secret provided. Ensure the secret being sent in the request is the "
                                "client secret value, not the client secret ID, for a secret added to app "
@@ -141,3 +182,45 @@ class EntraHandler(JsonHandler):
         token, _expires_on = entra.issuer.issue(principal, audience)
         return 200, {"token_type": "Bearer", "expires_in": TOKEN_LIFETIME_S,
                      "ext_expires_in": TOKEN_LIFETIME_S, "access_token": token}
+
+    @staticmethod
+    def federated(entra: Entra, principal: dict, form: dict[str, str]) -> tuple[int, dict] | None:
+        """``None`` when the client assertion is accepted for ``principal`` (a managed identity), else the error."""
+        if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+            return entra_error(400, "invalid_request", 50027,
+                               "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.")
+        assertion = form["client_assertion"]
+        try:
+            claims = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return entra_error(400, "invalid_request", 50027, "Invalid JWT token. The token is malformed.")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        matched = any(fic["issuer"] == claims.get("iss") and fic["subject"] == claims.get("sub")
+                      and any(a in fic["audiences"] for a in audiences)
+                      for fic in entra.federated_credentials(principal["client_id"]))
+        if not matched:
+            return entra_error(400, "invalid_client", 70021,
+                               "No matching federated identity record found for presented assertion. Assertion "
+                               f"Issuer: '{claims.get('iss')}'. Assertion Subject: '{claims.get('sub')}'. Assertion "
+                               f"Audience: '{audience if not isinstance(audience, list) else ','.join(audience)}'. "
+                               "https://learn.microsoft.com/entra/workload-id/workload-identity-federation")
+        try:
+            keys = entra.issuer_keys(claims["iss"])
+            key = keys[jwt.get_unverified_header(assertion)["kid"]]
+            jwt.decode(assertion, key.key, algorithms=["RS256"], audience=audiences, issuer=claims["iss"],
+                       options={"verify_exp": False, "verify_nbf": False})
+        except (OSError, ValueError, KeyError, jwt.PyJWTError):
+            return entra_error(401, "invalid_client", 700027,
+                               "Client assertion failed signature validation, or the keys of its issuer "
+                               f"'{claims.get('iss')}' could not be read.")
+        now = time.time()
+        if not claims.get("exp") or claims["exp"] + 60 < now or claims.get("nbf", 0) - 60 > now:
+            valid_from = datetime.datetime.fromtimestamp(claims.get("nbf", 0), datetime.timezone.utc)
+            expiry = datetime.datetime.fromtimestamp(claims.get("exp") or 0, datetime.timezone.utc)
+            return entra_error(400, "invalid_client", 700024,
+                               f"Client assertion is not within its valid time range. Current time: "
+                               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%S}Z, assertion valid "
+                               f"from {valid_from:%Y-%m-%dT%H:%M:%S}Z, expiry time of assertion "
+                               f"{expiry:%Y-%m-%dT%H:%M:%S}Z.")
+        return None

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import threading
 
 from . import ca, config
@@ -99,7 +100,9 @@ class Lab:
         tls = ca.server_context(paths)
         self.servers = {
             "entra": LabHTTPServer(ports.entra, EntraHandler,
-                                   Entra(self.issuer, self.directory, host, audiences, secrets), tls),
+                                   Entra(self.issuer, self.directory, host, audiences, secrets,
+                                         federated_credentials=self.arm.federated_credentials,
+                                         issuer_tls=ssl.create_default_context(cafile=str(paths.ca_bundle))), tls),
             "arm": LabHTTPServer(ports.arm, ArmHandler,
                                  ArmApp(self.arm, self.issuer, topology["audiences"]["resource_manager"],
                                         f"{host}/{topology['tenant_id']}"), tls),
