@@ -85,6 +85,30 @@ def tutorial_step6(lab) -> str:
     return run.stdout + run.stderr
 
 
+def demo_app(lab, app: str) -> dict:
+    """Run the demo app on ``app``'s VM; its one-line JSON result (no secret in its output)."""
+    run = subprocess.run([sys.executable, "-m", "azurelab.demo_app", app], env=workload_env(lab, app),
+                         capture_output=True, text=True, timeout=60, check=False)
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+    return json.loads(run.stdout)
+
+
+def attach_new_identity(lab, app: str) -> dict:
+    """The application's identity, created and attached to its VM, with no database access yet."""
+    identity = run_module(lab, "azure_mi", name=APPS[app], resource_group="rg-lab-apps", location="eastus2",
+                          tags={"application": app})["identity"]
+    attached = run_module(lab, "azure_mi_assignment", name=VMS[app], resource_group="rg-lab-apps",
+                          identity_ids=[identity["id"]])
+    assert not attached["failed"], attached
+    return identity
+
+
+def assert_reads_with_its_key(result: dict) -> None:
+    """The Cosmos demo app in vault mode: the tutorial's "before" code found the electronics items with the key."""
+    assert result["ok"] and result["mode"] == "vault" and result["connected_as"] == "key", result
+    assert sorted(row[0] for row in result["rows"]) == ["1", "2", "3"]
+
+
 def cosmos_endpoint(lab) -> str:
     return f"https://localhost:{lab.base + 9}/"
 
@@ -149,11 +173,7 @@ def test_check_mode_on_a_fresh_lab_writes_nothing_and_shows_the_plan(lab):
 
 def test_the_tutorial_test_script_fails_with_18456_before_the_migration(lab):
     """The identity exists and is on the VM, but the database has no user for it yet."""
-    identity = run_module(lab, "azure_mi", name="mi-inventory-api", resource_group="rg-lab-apps", location="eastus2",
-                          tags={"application": "inventory-api"})["identity"]
-    attached = run_module(lab, "azure_mi_assignment", name="vm-inventory", resource_group="rg-lab-apps",
-                          identity_ids=[identity["id"]])
-    assert not attached["failed"], attached
+    attach_new_identity(lab, "inventory-api")
     output = tutorial_step6(lab)
     assert "Token acquired" in output and "FAILED:" in output, output
     assert "Login failed for user '<token-identified principal>'. (18456)" in output, output
@@ -161,21 +181,12 @@ def test_the_tutorial_test_script_fails_with_18456_before_the_migration(lab):
 
 def test_the_tutorial_cosmos_code_is_forbidden_before_the_role_assignment(lab):
     """The identity exists and is on the VM, with no data-plane role yet; the key from Vault still works."""
-    identity = run_module(lab, "azure_mi", name="mi-catalog-api", resource_group="rg-lab-apps", location="eastus2",
-                          tags={"application": "catalog-api"})["identity"]
-    attached = run_module(lab, "azure_mi_assignment", name="vm-catalog", resource_group="rg-lab-apps",
-                          identity_ids=[identity["id"]])
-    assert not attached["failed"], attached
+    identity = attach_new_identity(lab, "catalog-api")
     run = tutorial_part3(lab)
     assert run.returncode != 0 and "Found" not in run.stdout
     assert "Forbidden" in run.stderr and "5301" in run.stderr, run.stderr[-3000:]
     assert f"principal [{identity['principal_id']}] does not have required RBAC permissions" in run.stderr
-    before = subprocess.run([sys.executable, "-m", "azurelab.demo_app", "catalog-api"],
-                            env=workload_env(lab, "catalog-api"), capture_output=True, text=True, timeout=60,
-                            check=False)
-    result = json.loads(before.stdout)
-    assert result["ok"] and result["mode"] == "vault" and result["connected_as"] == "key", result
-    assert sorted(row[0] for row in result["rows"]) == ["1", "2", "3"]  # the electronics items, read with the key
+    assert_reads_with_its_key(demo_app(lab, "catalog-api"))
 
 
 @pytest.fixture(scope="module")
@@ -289,9 +300,7 @@ def test_a_second_run_changes_nothing_and_writes_nothing_to_arm(lab):
 
 @pytest.mark.parametrize("app", sorted(APPS))
 def test_the_demo_app_runs_as_its_identity_from_its_vm(lab, app):
-    run = subprocess.run([sys.executable, "-m", "azurelab.demo_app", app], env=workload_env(lab, app),
-                         capture_output=True, text=True, timeout=60, check=False)
-    result = json.loads(run.stdout)
+    result = demo_app(lab, app)
     assert result["ok"] and result["mode"] == "identity", result
     if app in COSMOS_APPS:  # Cosmos DB has no current user: the app reports its token's principal
         principal = run_module(lab, "azure_mi", name=APPS[app], resource_group="rg-lab-apps")["identity"]["principal_id"]
@@ -335,12 +344,7 @@ def test_rollback_gives_a_cosmos_application_its_key_back_and_migrate_converges_
     lab.assert_no_secret_in(run.stdout + run.stderr)
     assert "keys are on again for all of cosmos-lab: its applications search-indexer are not rolled back" in \
         " ".join(run.stdout.split())
-    before = subprocess.run([sys.executable, "-m", "azurelab.demo_app", "catalog-api"],
-                            env=workload_env(lab, "catalog-api"), capture_output=True, text=True, timeout=60,
-                            check=False)
-    result = json.loads(before.stdout)
-    assert result["ok"] and result["mode"] == "vault" and result["connected_as"] == "key", result
-    assert sorted(row[0] for row in result["rows"]) == ["1", "2", "3"]
+    assert_reads_with_its_key(demo_app(lab, "catalog-api"))
     account = run_module(lab, "cosmos_account_entra", account_name="cosmos-lab", resource_group="rg-lab-data")
     assert account["disable_local_auth"] is False and account["keys_regenerated_at"] is None
     again = lab.playbook("playbooks/rollback.yml", "--limit", "catalog-api")
