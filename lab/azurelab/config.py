@@ -3,7 +3,8 @@
 Everything the lab writes goes below one ignored folder, ``.lab/`` at the repository root (``LAB_STATE_DIR``
 overrides it). Every server binds 127.0.0.1 only. Ports start at ``LAB_PORT_BASE`` (default 47000): base+1 .. base+6
 for the control plane, PostgreSQL and OpenBao, then one per Azure SQL server (base+7, base+8, ... in the order of
-``topology.yml``'s ``sql_servers``), then the Cosmos DB data plane.
+``topology.yml``'s ``sql_servers``), then the Cosmos DB data plane, then the AKS cluster's Kubernetes API server,
+then one per App Service app and Container App (``web_apps`` then ``container_apps``, in topology order).
 """
 from __future__ import annotations
 
@@ -29,18 +30,30 @@ class Ports:
     openbao: int  # HTTP: OpenBao dev server (the "before" state); openbao + 1 is its cluster port
     sql: tuple[int, ...] = ()  # TDS: one Azure SQL server each, in topology order; empty runs none
     cosmos: int = 0  # HTTPS: the Cosmos DB data-plane front (azurelab.cosmos); accounts' documentEndpoint
+    kube: int = 0  # HTTPS: the first AKS cluster's Kubernetes API server (azurelab.kube); 0 runs none
+    web: tuple[int, ...] = ()  # HTTPS: one per App Service app, then per Container App, in topology order
 
     SQL_OFFSET = 7  # base + 6 is OpenBao's cluster port
 
     @classmethod
-    def from_base(cls, base: int, sql_servers: int = 0) -> "Ports":
+    def from_base(cls, base: int, sql_servers: int = 0, web_workloads: int = 0) -> "Ports":
+        cosmos = base + cls.SQL_OFFSET + sql_servers
         return cls(entra=base + 1, arm=base + 2, identity=base + 3, postgres=base + 4, openbao=base + 5,
-                   sql=tuple(base + cls.SQL_OFFSET + i for i in range(sql_servers)),
-                   cosmos=base + cls.SQL_OFFSET + sql_servers)
+                   sql=tuple(base + cls.SQL_OFFSET + i for i in range(sql_servers)), cosmos=cosmos, kube=cosmos + 1,
+                   web=tuple(cosmos + 2 + i for i in range(web_workloads)))
+
+    @property
+    def last(self) -> int:
+        """The highest port of this lab (the span a lab needs is ``last - entra + 1``)."""
+        return max((self.openbao + 1, self.cosmos, self.kube, *self.sql, *self.web))
 
     def sql_servers(self, topology: dict) -> dict[str, int]:
         """Azure SQL server name -> port, for the servers these ports include (``{}`` when ``sql`` is empty)."""
         return dict(zip((server["name"] for server in topology.get("sql_servers", [])), self.sql))
+
+    def web_workloads(self, topology: dict) -> dict[str, int]:
+        """App Service app or Container App name -> the port its lab front serves the app on."""
+        return dict(zip((app["name"] for app in web_workloads(topology)), self.web))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +139,14 @@ def paths() -> LabPaths:
 
 
 def ports() -> Ports:
-    return Ports.from_base(int(os.environ.get("LAB_PORT_BASE", "47000")), len(topology().get("sql_servers", [])))
+    topo = topology()
+    return Ports.from_base(int(os.environ.get("LAB_PORT_BASE", "47000")), len(topo.get("sql_servers", [])),
+                           len(web_workloads(topo)))
+
+
+def web_workloads(topo: dict) -> list[dict]:
+    """``topology["web_apps"]`` then ``topology["container_apps"]``: the workloads the lab serves over HTTPS."""
+    return list(topo.get("web_apps", [])) + list(topo.get("container_apps", []))
 
 
 def topology() -> dict:

@@ -191,7 +191,7 @@ def up() -> int:
             if port_open(port)]
     if busy:
         print(f"lab ports already in use by something else ({', '.join(busy)}): another lab? Stop it, or start this "
-              f"one elsewhere with LAB_PORT_BASE=<base> (ports base+1 .. base+{ports.cosmos - ports.entra + 1})",
+              f"one elsewhere with LAB_PORT_BASE=<base> (ports base+1 .. base+{ports.last - ports.entra + 1})",
               file=sys.stderr)
         return 1
     started = time.monotonic()

@@ -30,9 +30,9 @@ JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+")
 RESERVED_PORTS = range(46000, 47100)
 
 
-def free_base(span: int = 9) -> int:
-    """A port base whose ports base+1 .. base+span are all free (a whole lab: 9, OpenBao's cluster port, the two
-    Azure SQL servers and the Cosmos DB front included)."""
+def free_base(span: int = 13) -> int:
+    """A port base whose ports base+1 .. base+span are all free (a whole lab: 13, OpenBao's cluster port, the two
+    Azure SQL servers, the Cosmos DB front, the Kubernetes API server and the two web workloads included)."""
     for _attempt in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
