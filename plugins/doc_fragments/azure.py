@@ -45,7 +45,8 @@ options:
     description:
       - Endpoints of a cloud that is not built in (C(cloud_environment=custom)), such as this collection's local lab.
       - Keys C(resource_manager) and C(authority_host) (https URLs, required), C(resource_manager_audience),
-        C(sql_audience) and C(postgres_audience) (default to the public cloud's).
+        C(sql_audience), C(postgres_audience) and C(aks_audience) (default to the public cloud's; AKS's is the
+        Entra server application C(6dae42f8-4368-4678-94ff-3960e28e3630) that kubelogin also asks tokens for).
     type: dict
 requirements:
   - azure-identity >= 1.19

@@ -24,6 +24,9 @@ _CLIENTS = {
     "postgres": ("azure.mgmt.postgresqlflexibleservers", "PostgreSQLManagementClient"),
     "sql": ("azure.mgmt.sql", "SqlManagementClient"),
     "cosmos": ("azure.mgmt.cosmosdb", "CosmosDBManagementClient"),
+    "aks": ("azure.mgmt.containerservice", "ContainerServiceClient"),
+    "web": ("azure.mgmt.web", "WebSiteManagementClient"),
+    "container_apps": ("azure.mgmt.appcontainers", "ContainerAppsAPIClient"),
 }
 
 _RESOURCE_ID = re.compile(
@@ -34,8 +37,8 @@ _RESOURCE_ID = re.compile(
 class ArmClients:
     """Lazily built management clients for one credential, cloud and subscription.
 
-    ``clients.msi``, ``clients.compute``, ``clients.postgres``, ``clients.sql``, ``clients.cosmos``: each is created on first use and
-    reused.
+    ``clients.msi``, ``clients.compute``, ``clients.postgres``, ``clients.sql``, ``clients.cosmos``, ``clients.aks``,
+    ``clients.web``, ``clients.container_apps``: each is created on first use and reused.
     """
 
     def __init__(self, credential, cloud, subscription_id):

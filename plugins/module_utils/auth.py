@@ -19,12 +19,16 @@ import os
 
 AUTH_SOURCES = ("auto", "managed_identity", "environment", "workload_identity", "cli")
 
+# The Entra server application of AKS clusters with Entra ID integration: the audience kubelogin asks tokens for, in
+# every cloud. Source: https://learn.microsoft.com/azure/aks/kubelogin-authentication
+AKS_SERVER_APP_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
+
 
 class Cloud:
     """Endpoints of one Azure cloud.
 
     ``resource_manager`` and ``authority_host`` are URLs; ``audiences`` maps a service name (``resource_manager``,
-    ``sql``, ``postgres``) to the audience its tokens must carry (no ``/.default`` suffix).
+    ``sql``, ``postgres``, ``aks``) to the audience its tokens must carry (no ``/.default`` suffix).
     """
 
     def __init__(self, name, resource_manager, authority_host, audiences):
@@ -43,17 +47,17 @@ CLOUDS = {
         "AzureCloud", "https://management.azure.com", "https://login.microsoftonline.com",
         {"resource_manager": "https://management.azure.com",
          "sql": "https://database.windows.net",
-         "postgres": "https://ossrdbms-aad.database.windows.net"}),
+         "postgres": "https://ossrdbms-aad.database.windows.net", "aks": AKS_SERVER_APP_ID}),
     "AzureUSGovernment": Cloud(
         "AzureUSGovernment", "https://management.usgovcloudapi.net", "https://login.microsoftonline.us",
         {"resource_manager": "https://management.usgovcloudapi.net",
          "sql": "https://database.usgovcloudapi.net",
-         "postgres": "https://ossrdbms-aad.database.usgovcloudapi.net"}),
+         "postgres": "https://ossrdbms-aad.database.usgovcloudapi.net", "aks": AKS_SERVER_APP_ID}),
     "AzureChinaCloud": Cloud(
         "AzureChinaCloud", "https://management.chinacloudapi.cn", "https://login.chinacloudapi.cn",
         {"resource_manager": "https://management.chinacloudapi.cn",
          "sql": "https://database.chinacloudapi.cn",
-         "postgres": "https://ossrdbms-aad.database.chinacloudapi.cn"}),
+         "postgres": "https://ossrdbms-aad.database.chinacloudapi.cn", "aks": AKS_SERVER_APP_ID}),
 }
 
 # Names azure.azcollection and the Azure CLI also accept for the same clouds.
@@ -62,7 +66,7 @@ CLOUD_ALIASES = {"public": "AzureCloud", "azurepubliccloud": "AzureCloud", "usgo
                  "azurechinacloud": "AzureChinaCloud"}
 
 CUSTOM_ENDPOINT_KEYS = ("resource_manager", "authority_host", "resource_manager_audience", "sql_audience",
-                        "postgres_audience")
+                        "postgres_audience", "aks_audience")
 
 
 class AuthConfigError(ValueError):
@@ -74,8 +78,8 @@ def resolve_cloud(name, endpoints=None):
     or ``custom`` with ``endpoints``).
 
     ``endpoints`` for ``custom``: ``resource_manager`` and ``authority_host`` (required), and optionally
-    ``resource_manager_audience`` (default: the resource manager URL), ``sql_audience`` and ``postgres_audience``
-    (default: the public cloud's). Raises :class:`AuthConfigError`.
+    ``resource_manager_audience`` (default: the resource manager URL), ``sql_audience``, ``postgres_audience`` and
+    ``aks_audience`` (default: the public cloud's). Raises :class:`AuthConfigError`.
     """
     name = (name or os.environ.get("AZURE_CLOUD_ENVIRONMENT") or "AzureCloud").strip()
     if name.lower() == "custom":
@@ -96,6 +100,7 @@ def resolve_cloud(name, endpoints=None):
             "resource_manager": endpoints.get("resource_manager_audience") or endpoints["resource_manager"],
             "sql": endpoints.get("sql_audience") or public["sql"],
             "postgres": endpoints.get("postgres_audience") or public["postgres"],
+            "aks": endpoints.get("aks_audience") or AKS_SERVER_APP_ID,
         })
     if endpoints:
         raise AuthConfigError("cloud_endpoints is only used with cloud_environment=custom (got %s)" % name)

@@ -21,15 +21,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import errno
-import hashlib
-import os
 import re
-import tempfile
-import time
 import uuid
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.locks import (  # noqa: F401 pylint: disable=unused-import
+    WriteLock, retry, status_of)
 
 BUILT_IN_ROLES = {
     "00000000-0000-0000-0000-000000000001": "Cosmos DB Built-in Data Reader",
@@ -190,39 +187,10 @@ def equivalent(assignments, principal_id, role_guid, full_scope):
             and a["scope"] == full_scope]
 
 
-class AccountLock:
-    """An exclusive lock on one account for this control node's processes (``fcntl.flock`` on a file in the temp
-    folder), so that the forks of one run write to an account one at a time. ``with AccountLock(id, timeout):``;
-    raises ``TimeoutError`` after ``timeout`` seconds."""
+class AccountLock(WriteLock):
+    """:class:`WriteLock` on one Cosmos DB account (its resource id): ``with AccountLock(id, timeout):``."""
 
-    def __init__(self, account, timeout):
-        digest = hashlib.sha256(account.lower().encode("utf-8")).hexdigest()[:24]
-        self.path = os.path.join(tempfile.gettempdir(), "csa-inabox-cosmos-%s.lock" % digest)
-        self.timeout = timeout
-        self._handle = None
-
-    def __enter__(self):
-        import fcntl  # pylint: disable=import-outside-toplevel
-
-        self._handle = open(self.path, "a")  # pylint: disable=consider-using-with
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                    self._handle.close()
-                    raise TimeoutError("another process held the write lock of %s for %s s" % (self.path, self.timeout))
-                time.sleep(0.05)
-
-    def __exit__(self, *exc_info):
-        self._handle.close()  # closing releases the lock
-        return False
-
-
-def status_of(exc):
-    return getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    KIND = "cosmos"
 
 
 def is_busy(exc):
@@ -234,22 +202,3 @@ def is_busy(exc):
 def is_principal_not_replicated(exc):
     """Cosmos DB does not see the principal yet (a fresh identity: Entra replication takes seconds to minutes)."""
     return status_of(exc) == 400 and bool(re.search(r"principal ID \[[^\]]*\] was not found", str(exc)))
-
-
-def retry(call, retryable, timeout, on_retry=None, first_wait=1.0, max_wait=15.0, sleep=time.sleep,
-          clock=time.monotonic):
-    """``call()``'s result, repeating the call while it raises an exception that ``retryable(exc)`` accepts and
-    ``timeout`` seconds have not passed, waiting ``first_wait`` seconds, doubling up to ``max_wait``, in between.
-    ``on_retry(exc)`` is called before each wait. The last exception propagates."""
-    deadline = clock() + timeout
-    wait = first_wait
-    while True:
-        try:
-            return call()
-        except Exception as exc:  # the SDK's HttpResponseError family; anything else is not retryable
-            if not retryable(exc) or clock() + wait > deadline:
-                raise
-            if on_retry is not None:
-                on_retry(exc)
-        sleep(wait)
-        wait = min(wait * 2, max_wait)

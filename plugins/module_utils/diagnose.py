@@ -14,6 +14,14 @@ import re
 
 # (pattern searched in "<error code> <message>", remedy). First match wins; keep the specific ones first.
 REMEDIES = (
+    (r"AADSTS70021|No matching federated identity record",
+     "Entra found no federated credential for this token: the identity needs one whose issuer is exactly the "
+     "cluster's OIDC issuer URL (trailing slash included) and whose subject is exactly "
+     "system:serviceaccount:<namespace>:<service account> (aks_federation reads the issuer from the cluster)."),
+    (r"AZURE_FEDERATED_TOKEN_FILE|WorkloadIdentityCredential.*(unavailable|missing)|Token acquisition timeout",
+     "The pod got no workload identity: label the pod template azure.workload.identity/use=\"true\" and annotate its "
+     "service account with azure.workload.identity/client-id (k8s_workload_identity); the cluster needs workload "
+     "identity on (aks_federation)."),
     (r"AADSTS700024|not within its valid time range",
      "The client assertion is outside its validity window: sync the workload's clock (NTP)."),
     (r"AADSTS7000215|invalid_client",
