@@ -40,6 +40,30 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   qualified ids of this account (scope: the account, optionally ``/dbs/{db}[/colls/{c}]``), the principal must be
   in the lab directory (400 ``BadRequest`` "... was not found in the AAD tenant(s) ..."), and the same
   (principal, role, scope) may be assigned again under another id.
+* ``Microsoft.ContainerService/managedClusters`` (AKS; seeded from ``topology["aks_clusters"]`` with Entra ID
+  integration (managed, Azure RBAC), the OIDC issuer off and no workload identity): GET, list, PUT of an existing
+  cluster (200 with ``provisioningState: Updating`` + ``Azure-AsyncOperation``, then the SDK's final GET; see
+  :meth:`ArmState.aks_put`), PATCH of ``tags`` (``begin_update_tags``, 200). Turning ``oidcIssuerProfile.enabled`` on
+  gives ``issuerURL = https://localhost:<ARM port>/oidc/<tenant>/<cluster uid>/`` (trailing slash, like
+  ``https://{region}.oic.prod-aks.azure.com/{tenant}/{guid}/``) and restarts the API server (counted, see the lab
+  API); turning it off again is refused (400 ``OIDCIssuerFeatureCannotBeDisabled``, "OIDC issuer feature cannot be
+  disabled.", Azure's words); ``securityProfile.workloadIdentity.enabled`` without the issuer is refused (400
+  ``OIDCIssuerRequiredForWorkloadIdentity``: a lab code, the resource provider's is not documented; its message is
+  azure-cli's). POST ``listClusterUserCredential`` (200): a ``format=exec`` kubeconfig for the lab's Kubernetes API
+  server (``Ports.kube``) with the lab CA and the kubelogin exec plugin, no secret.
+* The clusters' OIDC issuer documents, without authentication like the real public issuer:
+  ``GET {issuerURL}.well-known/openid-configuration`` and ``GET {issuerURL}openid/v1/jwks``, from
+  :class:`azurelab.aks.ClusterIssuer` (404 while the issuer is off).
+* ``Microsoft.Compute/virtualMachineScaleSets``: GET, list, PATCH (``begin_update``, 200 only) of ``identity`` and
+  ``tags`` with the VMs' identity semantics.
+* ``Microsoft.Web/sites`` (App Service): GET, list, PATCH (not long-running, 200) of ``tags``, ``identity`` and
+  ``properties`` (JSON merge patch, read-only ones ignored); POST ``config/appsettings/list`` (200) and PUT
+  ``config/appsettings`` (200; replaces the whole set). App Service's PATCH semantics for
+  ``identity.userAssignedIdentities`` are not documented, so the double is strict: the map sent REPLACES the attached
+  set (a client must read, merge and write the whole map).
+* ``Microsoft.App/containerApps``: GET, list, PATCH (JSON merge patch: 202 + ``Azure-AsyncOperation`` + ``Location``,
+  then the SDK's final GET) with the same strict ``identity`` replace; a template change makes a new revision name.
+  The container env lives in ``properties.template.containers[].env``.
 * ``/subscriptions/{s}/providers/{ns}/locations/{l}/azureAsyncOperation|operationResults/{id}``: operation status.
 
 Every request needs a lab bearer token for the ``resource_manager`` audience (401 ``InvalidAuthenticationToken``)
@@ -47,7 +71,8 @@ and an ``api-version`` (any value). Ids compare case-insensitively. Errors use A
 saved to ``paths().arm_state`` after every write.
 
 Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /lab/counters/reset``,
-``GET|POST|DELETE /lab/faults``, ``GET /lab/state``.
+``GET|POST|DELETE /lab/faults``, ``GET /lab/state``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
+``lastRestart``: what a test can check about an AKS cluster that ARM does not show).
 
 Not emulated: Azure RBAC (any valid token may do anything), locks, policy, tags-only PATCH of identities,
 the 20-credential limit's exact wording (the lab's code ``FederatedIdentityCredentialsLimitExceeded``), PUT of VMs
@@ -60,6 +85,14 @@ exclusive-lock 412 of its own: inject it), system-assigned identities
 beyond the ``type`` flag (no principal, no token), the resource actually being "Updating" while its operation runs
 (the change is applied at once; the operation reports ``InProgress`` for ~100 ms so clients really poll), rate
 limiting (the ``x-ms-ratelimit-remaining-*`` headers count down from ARM's hourly budgets but never reach 429 on their own: inject faults instead).
+AKS: creating or deleting clusters, agent pools, upgrades, any property change other than the issuer, workload
+identity and tags (a PUT's other properties are ignored, except that a new value of ``kubernetesVersion``,
+``dnsPrefix``, ``enableRBAC``, ``nodeResourceGroup``, ``disableLocalAccounts`` or ``aadProfile`` is refused with 400
+``LabNotEmulated``; a property absent from a PUT keeps its value, where the real service may reset it), the legacy
+``format=azure`` kubeconfig, ``listClusterAdminCredential``, ETags; only the first cluster has an API server (every
+cluster's kubeconfig names ``Ports.kube``). Scale sets: instances, models other than identity/tags. App Service: slots,
+other ``config/*`` resources, connection strings, the real app settings' slot stickiness. Container Apps: revisions
+and replicas as resources, secrets' values, environments (the ``managedEnvironmentId`` names one that is not served).
 The PostgreSQL validation errors (``InvalidAuthConfig``, ``EntraAuthDisabled``) and the SQL request checks
 (``InvalidParameterValue``: admin without ``login``/``sid``, non-GUID ``sid``) use lab codes: the real ones are not
 documented; their messages say what Azure requires. The Cosmos messages for a bad ``scope`` or
