@@ -306,3 +306,18 @@ def test_imds_endpoint_of_a_scale_set(control_plane, monkeypatch):
     token = ManagedIdentityCredential(client_id=mine["client_id"]).get_token(ARM_SCOPE)
     assert jwt.decode(token.token, options={"verify_signature": False})["oid"] == mine["principal_id"]
     compute.virtual_machine_scale_sets.begin_update(RG_APPS, VMSS, {"identity": {"type": "None"}}).result()
+
+
+def test_identity_headers_keep_the_vms_keys_and_add_the_other_workloads(control_plane, tmp_path):
+    from azurelab import labctl  # pylint: disable=import-outside-toplevel
+    from azurelab.config import LabPaths  # pylint: disable=import-outside-toplevel
+    paths = LabPaths(tmp_path)
+    old = json.loads(control_plane.paths.secrets.read_text())
+    old["identity_headers"] = {vm["name"]: f"kept-{vm['name']}" for vm in control_plane.topology["virtual_machines"]}
+    tmp_path.joinpath("secrets.json").write_text(json.dumps(old))  # a lab made before scale sets and apps existed
+    labctl.ensure_secrets(paths, control_plane.topology)
+    headers = json.loads(paths.secrets.read_text())["identity_headers"]
+    assert all(headers[vm] == f"kept-{vm}" for vm in old["identity_headers"])
+    added = {key for key in headers if key not in old["identity_headers"]}
+    assert added == {f"vmss/{VMSS}", f"sites/{SITE}", f"containerapps/{CONTAINER_APP}"}
+    assert len({headers[key] for key in added}) == 3 and (paths.secrets.stat().st_mode & 0o777) == 0o600
