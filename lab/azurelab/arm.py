@@ -40,6 +40,30 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   qualified ids of this account (scope: the account, optionally ``/dbs/{db}[/colls/{c}]``), the principal must be
   in the lab directory (400 ``BadRequest`` "... was not found in the AAD tenant(s) ..."), and the same
   (principal, role, scope) may be assigned again under another id.
+* ``Microsoft.ContainerService/managedClusters`` (AKS; seeded from ``topology["aks_clusters"]`` with Entra ID
+  integration (managed, Azure RBAC), the OIDC issuer off and no workload identity): GET, list, PUT of an existing
+  cluster (200 with ``provisioningState: Updating`` + ``Azure-AsyncOperation``, then the SDK's final GET; see
+  :meth:`ArmState.aks_put`), PATCH of ``tags`` (``begin_update_tags``, 200). Turning ``oidcIssuerProfile.enabled`` on
+  gives ``issuerURL = https://localhost:<ARM port>/oidc/<tenant>/<cluster uid>/`` (trailing slash, like
+  ``https://{region}.oic.prod-aks.azure.com/{tenant}/{guid}/``) and restarts the API server (counted, see the lab
+  API); turning it off again is refused (400 ``OIDCIssuerFeatureCannotBeDisabled``, "OIDC issuer feature cannot be
+  disabled.", Azure's words); ``securityProfile.workloadIdentity.enabled`` without the issuer is refused (400
+  ``OIDCIssuerRequiredForWorkloadIdentity``: a lab code, the resource provider's is not documented; its message is
+  azure-cli's). POST ``listClusterUserCredential`` (200): a ``format=exec`` kubeconfig for the lab's Kubernetes API
+  server (``Ports.kube``) with the lab CA and the kubelogin exec plugin, no secret.
+* The clusters' OIDC issuer documents, without authentication like the real public issuer:
+  ``GET {issuerURL}.well-known/openid-configuration`` and ``GET {issuerURL}openid/v1/jwks``, from
+  :class:`azurelab.aks.ClusterIssuer` (404 while the issuer is off).
+* ``Microsoft.Compute/virtualMachineScaleSets``: GET, list, PATCH (``begin_update``, 200 only) of ``identity`` and
+  ``tags`` with the VMs' identity semantics.
+* ``Microsoft.Web/sites`` (App Service): GET, list, PATCH (not long-running, 200) of ``tags``, ``identity`` and
+  ``properties`` (JSON merge patch, read-only ones ignored); POST ``config/appsettings/list`` (200) and PUT
+  ``config/appsettings`` (200; replaces the whole set). App Service's PATCH semantics for
+  ``identity.userAssignedIdentities`` are not documented, so the double is strict: the map sent REPLACES the attached
+  set (a client must read, merge and write the whole map).
+* ``Microsoft.App/containerApps``: GET, list, PATCH (JSON merge patch: 202 + ``Azure-AsyncOperation`` + ``Location``,
+  then the SDK's final GET) with the same strict ``identity`` replace; a template change makes a new revision name.
+  The container env lives in ``properties.template.containers[].env``.
 * ``/subscriptions/{s}/providers/{ns}/locations/{l}/azureAsyncOperation|operationResults/{id}``: operation status.
 
 Every request needs a lab bearer token for the ``resource_manager`` audience (401 ``InvalidAuthenticationToken``)
@@ -47,7 +71,8 @@ and an ``api-version`` (any value). Ids compare case-insensitively. Errors use A
 saved to ``paths().arm_state`` after every write.
 
 Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /lab/counters/reset``,
-``GET|POST|DELETE /lab/faults``, ``GET /lab/state``.
+``GET|POST|DELETE /lab/faults``, ``GET /lab/state``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
+``lastRestart``: what a test can check about an AKS cluster that ARM does not show).
 
 Not emulated: Azure RBAC (any valid token may do anything), locks, policy, tags-only PATCH of identities,
 the 20-credential limit's exact wording (the lab's code ``FederatedIdentityCredentialsLimitExceeded``), PUT of VMs
@@ -60,6 +85,14 @@ exclusive-lock 412 of its own: inject it), system-assigned identities
 beyond the ``type`` flag (no principal, no token), the resource actually being "Updating" while its operation runs
 (the change is applied at once; the operation reports ``InProgress`` for ~100 ms so clients really poll), rate
 limiting (the ``x-ms-ratelimit-remaining-*`` headers count down from ARM's hourly budgets but never reach 429 on their own: inject faults instead).
+AKS: creating or deleting clusters, agent pools, upgrades, any property change other than the issuer, workload
+identity and tags (a PUT's other properties are ignored, except that a new value of ``kubernetesVersion``,
+``dnsPrefix``, ``enableRBAC``, ``nodeResourceGroup``, ``disableLocalAccounts`` or ``aadProfile`` is refused with 400
+``LabNotEmulated``; a property absent from a PUT keeps its value, where the real service may reset it), the legacy
+``format=azure`` kubeconfig, ``listClusterAdminCredential``, ETags; only the first cluster has an API server (every
+cluster's kubeconfig names ``Ports.kube``). Scale sets: instances, models other than identity/tags. App Service: slots,
+other ``config/*`` resources, connection strings, the real app settings' slot stickiness. Container Apps: revisions
+and replicas as resources, secrets' values, environments (the ``managedEnvironmentId`` names one that is not served).
 The PostgreSQL validation errors (``InvalidAuthConfig``, ``EntraAuthDisabled``) and the SQL request checks
 (``InvalidParameterValue``: admin without ``login``/``sid``, non-GUID ``sid``) use lab codes: the real ones are not
 documented; their messages say what Azure requires. The Cosmos messages for a bad ``scope`` or
@@ -80,6 +113,9 @@ import time
 import uuid
 from typing import Protocol
 
+import yaml
+
+from .aks import ClusterIssuer
 from .config import LabPaths, ports as configured_ports
 from .directory import Directory
 from .tokens import Issuer, TokenError
@@ -110,7 +146,31 @@ COSMOS_ROLE_DEFINITION = COSMOS + "/sqlRoleDefinitions"
 COSMOS_ROLE_ASSIGNMENT = COSMOS + "/sqlRoleAssignments"
 COSMOS_DATABASE = COSMOS + "/sqlDatabases"
 COSMOS_CONTAINER = COSMOS_DATABASE + "/containers"
+AKS = "Microsoft.ContainerService/managedClusters"
+VMSS = "Microsoft.Compute/virtualMachineScaleSets"
+SITE = "Microsoft.Web/sites"
+SITE_CONFIG = SITE + "/config"
+CONTAINER_APP = "Microsoft.App/containerApps"
 RG = "Microsoft.Resources/resourceGroups"
+
+# The workload kinds that carry user-assigned identities: the identity endpoint's path prefix -> resource type.
+WORKLOAD_TYPES = {"vms": VM, "vmss": VMSS, "sites": SITE, "containerapps": CONTAINER_APP}
+# AKS with Entra ID integration: the server application kubelogin asks tokens for, and the client it signs in as
+# (what ``az aks get-credentials --format exec`` writes).
+AKS_SERVER_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
+AKS_KUBELOGIN_CLIENT_ID = "80faf920-1908-4b52-b5ef-a8e7bedfc67a"
+# Writable cluster properties the lab does not change: a PUT with another value is refused rather than ignored.
+AKS_FIXED_PROPERTIES = ("kubernetesVersion", "dnsPrefix", "enableRBAC", "nodeResourceGroup", "disableLocalAccounts",
+                        "aadProfile")
+# Read-only properties a PATCH may carry back from a GET: ignored, as ARM ignores them.
+SITE_READ_ONLY = frozenset({"state", "hostNames", "repositorySiteName", "usageState", "enabledHostNames",
+                            "availabilityState", "lastModifiedTimeUtc", "trafficManagerHostNames", "targetSwapSlot",
+                            "outboundIpAddresses", "possibleOutboundIpAddresses", "suspendedTill", "maxNumberOfWorkers",
+                            "resourceGroup", "isDefaultContainer", "defaultHostName", "slotSwapStatus",
+                            "inProgressOperationId", "sku", "provisioningState"})
+CONTAINER_APP_READ_ONLY = frozenset({"provisioningState", "runningStatus", "deploymentErrors", "latestRevisionName",
+                                     "latestReadyRevisionName", "latestRevisionFqdn", "customDomainVerificationId",
+                                     "outboundIpAddresses", "eventStreamEndpoint"})
 
 # keyKind of regenerateKey -> the listKeys field it renews.
 COSMOS_KEY_KINDS = {"primary": "primaryMasterKey", "secondary": "secondaryMasterKey",
@@ -170,6 +230,20 @@ def _guid(value) -> str | None:
         return None
 
 
+def _merge_patch(target, patch):
+    """``patch`` applied to ``target`` as a JSON merge patch (RFC 7396): objects merge, ``null`` removes a key,
+    anything else (arrays included) replaces. Returns a new value; ``target`` is not changed."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge_patch(merged.get(key), value)
+    return merged
+
+
 def _not_found(type_: str, name: str, rg: str) -> ArmError:
     return ArmError(404, "ResourceNotFound",
                     f"The Resource '{type_}/{name}' under resource group '{rg}' was not found. "
@@ -180,13 +254,16 @@ class ArmState:
     """The ARM double's resources, operations, counters and faults; every public method is thread-safe.
 
     ``hooks`` receives Entra admin changes on flexible servers (see :class:`PostgresHooks`). ``cosmos_port`` is where
-    Cosmos accounts' ``documentEndpoint`` points (default: the configured lab's ``Ports.cosmos``).
+    Cosmos accounts' ``documentEndpoint`` points, ``arm_port`` where this double serves (AKS issuer URLs name it) and
+    ``kube_port`` the AKS API server a cluster's kubeconfig names (defaults: the configured lab's ``Ports``).
     """
 
     def __init__(self, paths: LabPaths, topology: dict, directory: Directory, hooks: PostgresHooks,
-                 cosmos_port: int | None = None):
+                 cosmos_port: int | None = None, arm_port: int | None = None, kube_port: int | None = None):
         self.paths = paths
         self.cosmos_port = cosmos_port or configured_ports().cosmos
+        self.arm_port = arm_port or configured_ports().arm
+        self.kube_port = kube_port or configured_ports().kube
         self.topology = topology
         self.tenant_id = topology["tenant_id"]
         self.subscription_id = topology["subscription_id"]
@@ -208,6 +285,9 @@ class ArmState:
             if resource["type"] == MI:
                 self._register(resource)
         self._cosmos_keys = self._ensure_cosmos_keys()
+        # Made here, before any other component asks, so that each cluster's signing key file is created once.
+        self._cluster_issuers = {r["name"].lower(): ClusterIssuer(paths, r["name"])
+                                 for r in self._resources.values() if r["type"] == AKS}
 
     # ----- the seeded world and persistence -----
 
@@ -251,6 +331,14 @@ class ArmState:
                     "publicNetworkAccess": "Enabled", "minimalTlsVersion": "1.2"}})
         for account in topo.get("cosmos_accounts", []):
             self._seed_cosmos(account, location)
+        for cluster in topo.get("aks_clusters", []):
+            self._seed_aks(cluster, location)
+        for scale_set in topo.get("vm_scale_sets", []):
+            self._seed_vmss(scale_set, location)
+        for site in topo.get("web_apps", []):
+            self._seed_site(site, location)
+        for app in topo.get("container_apps", []):
+            self._seed_container_app(app, location)
 
     def _seed_cosmos(self, account: dict, location: str) -> None:
         """A Cosmos DB for NoSQL account with key authentication on, and its databases and containers."""
@@ -274,6 +362,85 @@ class ArmState:
                              "type": COSMOS_CONTAINER, "properties": {"resource": {
                                  "id": container,
                                  "partitionKey": {"paths": [partition_keys.get(container, "/id")], "kind": "Hash"}}}})
+
+    def _seed_aks(self, cluster: dict, location: str) -> None:
+        """An AKS cluster with Entra ID integration (managed, Azure RBAC), the OIDC issuer and workload identity off.
+
+        ``_lab`` holds what the double keeps about the cluster but ARM does not show: ``issuerId`` (the stable uid in
+        its issuer URL) and ``apiServerRestarts`` (how often a change restarted the API server).
+        """
+        rg, name = cluster["resource_group"], cluster["name"]
+        version = str(cluster["kubernetes_version"])
+        node_rg = f"MC_{rg}_{name}_{location}"
+        kubelet = f"/subscriptions/{self.subscription_id}/resourcegroups/{node_rg}/providers/{MI}/{name}-agentpool"
+        self._store({
+            "id": self._id(rg, AKS, name), "name": name, "type": AKS, "location": location, "tags": {},
+            "sku": {"name": "Base", "tier": "Free"},
+            "identity": {"type": "SystemAssigned", "principalId": str(uuid.uuid4()), "tenantId": self.tenant_id},
+            "properties": {
+                "provisioningState": "Succeeded", "powerState": {"code": "Running"},
+                "kubernetesVersion": version, "currentKubernetesVersion": version, "dnsPrefix": f"{name}-dns",
+                "fqdn": "localhost", "nodeResourceGroup": node_rg, "enableRBAC": True, "disableLocalAccounts": True,
+                "agentPoolProfiles": [{
+                    "name": "nodepool1", "count": 1, "vmSize": "Standard_D2s_v5", "osType": "Linux",
+                    "mode": "System", "type": "VirtualMachineScaleSets", "orchestratorVersion": version,
+                    "currentOrchestratorVersion": version, "provisioningState": "Succeeded",
+                    "powerState": {"code": "Running"}}],
+                "aadProfile": {"managed": True, "enableAzureRBAC": True, "tenantID": self.tenant_id},
+                "oidcIssuerProfile": {"enabled": False},
+                "securityProfile": {},
+                "identityProfile": {"kubeletidentity": {"resourceId": kubelet, "clientId": str(uuid.uuid4()),
+                                                        "objectId": str(uuid.uuid4())}},
+                "networkProfile": {"networkPlugin": "azure", "loadBalancerSku": "standard"}},
+            "_lab": {"issuerId": str(uuid.uuid4()), "apiServerRestarts": 0}})
+
+    def _seed_vmss(self, scale_set: dict, location: str) -> None:
+        self._store({
+            "id": self._id(scale_set["resource_group"], VMSS, scale_set["name"]), "name": scale_set["name"],
+            "type": VMSS, "location": location, "tags": {},
+            "sku": {"name": "Standard_B2s", "tier": "Standard", "capacity": 2},
+            "properties": {"uniqueId": str(uuid.uuid4()), "provisioningState": "Succeeded",
+                           "orchestrationMode": "Uniform", "upgradePolicy": {"mode": "Manual"},
+                           "virtualMachineProfile": {"osProfile": {"computerNamePrefix": scale_set["name"],
+                                                                   "adminUsername": "azureuser"}}}})
+
+    def _seed_site(self, site: dict, location: str) -> None:
+        """An App Service app (Linux) and its app settings (``app_settings`` of the topology entry, default none)."""
+        rg, name = site["resource_group"], site["name"]
+        site_id = self._id(rg, SITE, name)
+        self._store({
+            "id": site_id, "name": name, "type": SITE, "kind": site.get("kind", "app,linux"), "location": location,
+            "tags": {},
+            "properties": {
+                "state": "Running", "enabled": True, "httpsOnly": True, "reserved": True, "resourceGroup": rg,
+                "hostNames": [f"{name}.azurewebsites.net"], "enabledHostNames": [f"{name}.azurewebsites.net"],
+                "defaultHostName": f"{name}.azurewebsites.net", "usageState": "Normal", "availabilityState": "Normal",
+                "serverFarmId": self._id(rg, "Microsoft.Web/serverfarms", f"asp-{name}"),
+                "siteConfig": {"linuxFxVersion": "PYTHON|3.11", "alwaysOn": True, "ftpsState": "Disabled",
+                               "minTlsVersion": "1.2"}}})
+        self._store({"id": f"{site_id}/config/appsettings", "name": "appsettings", "type": SITE_CONFIG,
+                     "properties": {k: str(v) for k, v in (site.get("app_settings") or {}).items()}})
+
+    def _seed_container_app(self, app: dict, location: str) -> None:
+        """A Container App with one container (``image`` and ``env`` of the topology entry: a name -> value map)."""
+        rg, name = app["resource_group"], app["name"]
+        environment = self._id(rg, "Microsoft.App/managedEnvironments", app.get("environment", "cae-lab"))
+        self._store({
+            "id": self._id(rg, CONTAINER_APP, name), "name": name, "type": CONTAINER_APP, "location": location,
+            "tags": {}, "identity": {"type": "None"},
+            "properties": {
+                "provisioningState": "Succeeded", "runningStatus": "Running", "managedEnvironmentId": environment,
+                "environmentId": environment, "workloadProfileName": "Consumption",
+                "latestRevisionName": f"{name}--0000001", "latestReadyRevisionName": f"{name}--0000001",
+                "latestRevisionFqdn": f"{name}--0000001.localhost", "outboundIpAddresses": ["127.0.0.1"],
+                "configuration": {"activeRevisionsMode": "Single", "secrets": [],
+                                  "ingress": {"external": True, "targetPort": 8080, "transport": "Auto",
+                                              "fqdn": f"{name}.localhost"}},
+                "template": {
+                    "containers": [{"name": name, "image": app.get("image", "mcr.microsoft.com/azurelab/demo-app:1"),
+                                    "env": [{"name": k, "value": str(v)} for k, v in (app.get("env") or {}).items()],
+                                    "resources": {"cpu": 0.5, "memory": "1Gi"}}],
+                    "scale": {"minReplicas": 1, "maxReplicas": 1}}}})
 
     def _seed_missing(self) -> None:
         """Add the topology's resources that a kept state lacks (a lab made from an older ``topology.yml``): the
@@ -396,14 +563,80 @@ class ArmState:
                     "partitionKeys": {db: {c["name"]: copy.deepcopy(c["properties"]["resource"]["partitionKey"])
                                            for c in found} for db, found in containers.items()}}
 
-    def vm_user_assigned_identities(self, vm_name: str) -> dict | None:
-        """The VM's ``identity.userAssignedIdentities`` (resource id -> ``{principalId, clientId}``), ``{}`` when
-        it has none, ``None`` when there is no such VM."""
+    def workload_user_assigned_identities(self, kind: str, name: str) -> dict | None:
+        """The workload's ``identity.userAssignedIdentities`` (resource id -> ``{principalId, clientId}``), ``{}``
+        when it has none, ``None`` when there is no such workload. ``kind`` is a key of :data:`WORKLOAD_TYPES`
+        (``vms``, ``vmss``, ``sites``, ``containerapps``); another raises ``ValueError``."""
+        if kind not in WORKLOAD_TYPES:
+            raise ValueError(f"unknown workload kind {kind!r}: use one of {', '.join(WORKLOAD_TYPES)}")
         with self._lock:
-            vm = self._by_name(VM, vm_name)
-            if vm is None:
+            workload = self._by_name(WORKLOAD_TYPES[kind], name)
+            if workload is None:
                 return None
-            return copy.deepcopy(vm.get("identity", {}).get("userAssignedIdentities", {}))
+            return copy.deepcopy((workload.get("identity") or {}).get("userAssignedIdentities") or {})
+
+    def vm_user_assigned_identities(self, vm_name: str) -> dict | None:
+        """:meth:`workload_user_assigned_identities` of a VM."""
+        return self.workload_user_assigned_identities("vms", vm_name)
+
+    def site_app_settings(self, site_name: str) -> dict[str, str]:
+        """The App Service app's app settings (name -> value), what the platform puts in the app's environment;
+        ``KeyError`` for an unknown app."""
+        with self._lock:
+            site = self._by_name(SITE, site_name)
+            if site is None:
+                raise KeyError(site_name)
+            return dict(self._get(f"{site['id']}/config/appsettings")["properties"])
+
+    def container_app_env(self, app_name: str) -> dict[str, str]:
+        """The Container App's first container's environment: the ``env`` entries with a plain ``value`` (name ->
+        value; ``secretRef`` entries are left out); ``KeyError`` for an unknown app."""
+        with self._lock:
+            app = self._by_name(CONTAINER_APP, app_name)
+            if app is None:
+                raise KeyError(app_name)
+            containers = app["properties"]["template"].get("containers") or [{}]
+            return {e["name"]: e["value"] for e in containers[0].get("env") or [] if e.get("value") is not None}
+
+    def aks_cluster(self, cluster_name: str) -> dict:
+        """The managed cluster as ARM's GET returns it (``properties.oidcIssuerProfile.issuerURL`` present while the
+        issuer is on, ``properties.securityProfile.workloadIdentity.enabled``, ``aadProfile.tenantID``...);
+        ``KeyError`` for an unknown cluster."""
+        with self._lock:
+            cluster = self._by_name(AKS, cluster_name)
+            if cluster is None:
+                raise KeyError(cluster_name)
+            return self._view(cluster)
+
+    def aks_lab_status(self, cluster_name: str) -> dict:
+        """What the lab knows about the cluster beyond ARM (``GET /lab/aks/{cluster}``): ``{"apiServerRestarts":
+        int, "lastRestart": {"at": ISO time, "reason": str} | absent}``; ``KeyError`` for an unknown cluster."""
+        with self._lock:
+            cluster = self._by_name(AKS, cluster_name)
+            if cluster is None:
+                raise KeyError(cluster_name)
+            return {k: copy.deepcopy(v) for k, v in cluster["_lab"].items() if k != "issuerId"}
+
+    def cluster_issuer(self, cluster_name: str) -> ClusterIssuer:
+        """The cluster's service-account token signer (one per cluster, shared with the Kubernetes double);
+        ``KeyError`` for an unknown cluster."""
+        return self._cluster_issuers[cluster_name.lower()]
+
+    def aks_issuer_document(self, tenant_id: str, issuer_id: str, document: str) -> dict | None:
+        """``document`` (``openid-configuration`` or ``jwks``) of the cluster whose issuer URL is
+        ``/oidc/{tenant_id}/{issuer_id}/``, ``None`` when no cluster has that issuer turned on (404, as for a
+        cluster whose issuer is off or gone)."""
+        with self._lock:
+            if tenant_id.lower() != self.tenant_id.lower():
+                return None
+            cluster = next((r for r in self._resources.values() if r["type"] == AKS
+                            and r["_lab"]["issuerId"] == issuer_id.lower()
+                            and r["properties"]["oidcIssuerProfile"].get("enabled")), None)
+            if cluster is None:
+                return None
+            if document == "jwks":
+                return self._cluster_issuers[cluster["name"].lower()].jwks()
+            return ClusterIssuer.discovery(self._issuer_url(cluster))
 
     def dump(self) -> dict:
         """Everything, for ``GET /lab/state`` (ARM state holds no secrets: Cosmos keys stay in the secrets file)."""
@@ -688,7 +921,19 @@ class ArmState:
             self._save()
             return copy.deepcopy(vm)
 
+    def _attachable_identity(self, workload: dict, key: str) -> dict:
+        """The user-assigned identity ``key`` names; ARM's 400 ``FailedIdentityOperation`` when there is none."""
+        identity = self._get(key)
+        if identity is None or identity["type"] != MI:
+            response = json.dumps({"error": {"code": "NotFound", "message": f"Resource '{key}' not found."}})
+            raise ArmError(400, "FailedIdentityOperation",
+                           f"Identity operation for resource '{workload['id']}' failed with error 'Failed to perform "
+                           f"resource identity operation. Status: 'NotFound'. Response: '{response}'.'.")
+        return identity
+
     def _patch_identity(self, vm: dict, patch: dict) -> None:
+        """VM (and scale set) PATCH of ``identity``: listed keys added, ``null`` removes, unlisted kept, ``type``
+        replaces."""
         current = vm.get("identity") or {"type": "None"}
         assigned = dict(current.get("userAssignedIdentities") or {})
         kind = patch.get("type") or (current["type"] if current["type"] != "None" else "UserAssigned")
@@ -701,12 +946,7 @@ class ArmState:
             if value is None:
                 assigned.pop(present, None)
                 continue
-            identity = self._get(key)
-            if identity is None or identity["type"] != MI:
-                response = json.dumps({"error": {"code": "NotFound", "message": f"Resource '{key}' not found."}})
-                raise ArmError(400, "FailedIdentityOperation",
-                               f"Identity operation for resource '{vm['id']}' failed with error 'Failed to perform "
-                               f"resource identity operation. Status: 'NotFound'. Response: '{response}'.'.")
+            identity = self._attachable_identity(vm, key)
             assigned[present or identity["id"]] = self._identity_ref(identity)
         # An empty map cannot stay "UserAssigned": the type keeps only its other half (lab leniency, see docstring).
         if not assigned:
@@ -1054,16 +1294,247 @@ class ArmState:
             self._save()
             return self._operation(base_url, api_version, provider="Microsoft.DocumentDB")
 
+    # ----- AKS managed clusters: OIDC issuer, workload identity, user credentials -----
+
+    def _issuer_url(self, cluster: dict) -> str:
+        """The cluster's issuer URL, like ``https://{region}.oic.prod-aks.azure.com/{tenant}/{uid}/`` (trailing
+        slash included), served by this double."""
+        return f"https://localhost:{self.arm_port}/oidc/{self.tenant_id}/{cluster['_lab']['issuerId']}/"
+
+    def _aks_view(self, cluster: dict) -> dict:
+        view = copy.deepcopy(cluster)
+        del view["_lab"]
+        if view["properties"]["oidcIssuerProfile"].get("enabled"):
+            view["properties"]["oidcIssuerProfile"]["issuerURL"] = self._issuer_url(cluster)
+        return view
+
+    def aks_put(self, rg: str, name: str, body: dict, base_url: str, api_version: str) -> tuple[dict, dict[str, str]]:
+        """Apply a PUT to an existing cluster; return the 200's body (``Updating``) and headers (an operation).
+
+        Changed: ``tags``, ``oidcIssuerProfile.enabled`` (``false`` once on: 400 ``OIDCIssuerFeatureCannotBeDisabled``;
+        turning it on restarts the API server) and ``securityProfile.workloadIdentity.enabled`` (on while the issuer
+        stays off: 400 ``OIDCIssuerRequiredForWorkloadIdentity``). A property absent from the body keeps its value; a
+        different value of :data:`AKS_FIXED_PROPERTIES` is refused (400 ``LabNotEmulated``); other properties are
+        ignored. Nothing changes when the request is refused or asks for the current state.
+        """
+        if not body.get("location"):
+            raise ArmError(400, "LocationRequired", "The location property is required for this definition.")
+        props = body.get("properties") or {}
+        with self._lock:
+            self._require_rg(rg)
+            cluster = self._get(self._id(rg, AKS, name))
+            if cluster is None:
+                raise ArmError(400, "LabNotEmulated", f"The lab's ARM double does not create managed clusters: only "
+                               f"those of topology.yml exist, not '{name}' (see azurelab/arm.py).")
+            updated = copy.deepcopy(cluster)
+            current = updated["properties"]
+            for key in AKS_FIXED_PROPERTIES:
+                if key in props and props[key] is not None and props[key] != current.get(key):
+                    raise ArmError(400, "LabNotEmulated", f"The lab's managed clusters do not change properties.{key} "
+                                   f"(from {json.dumps(current.get(key))}; see azurelab/arm.py).")
+            if "tags" in body:
+                updated["tags"] = body["tags"] or {}
+            was_on = bool(current["oidcIssuerProfile"].get("enabled"))
+            wanted = (props.get("oidcIssuerProfile") or {}).get("enabled")
+            if wanted is not None:
+                if was_on and not wanted:
+                    raise ArmError(400, "OIDCIssuerFeatureCannotBeDisabled", "OIDC issuer feature cannot be disabled.")
+                current["oidcIssuerProfile"] = {"enabled": bool(wanted)}
+            workload = (props.get("securityProfile") or {}).get("workloadIdentity")
+            if workload is not None and workload.get("enabled") is not None:
+                current["securityProfile"]["workloadIdentity"] = {"enabled": bool(workload["enabled"])}
+            if (current["securityProfile"].get("workloadIdentity") or {}).get("enabled") \
+                    and not current["oidcIssuerProfile"]["enabled"]:
+                raise ArmError(400, "OIDCIssuerRequiredForWorkloadIdentity",
+                               "Enabling workload identity requires enabling OIDC issuer: set "
+                               "properties.oidcIssuerProfile.enabled to true.")
+            if current["oidcIssuerProfile"]["enabled"] and not was_on:
+                # Enabling the issuer restarts the API server (https://learn.microsoft.com/azure/aks/use-oidc-issuer).
+                updated["_lab"]["apiServerRestarts"] += 1
+                updated["_lab"]["lastRestart"] = {"at": _utcnow(), "reason": "OIDC issuer enabled"}
+            if updated != cluster:
+                self._store(updated)
+                self._save()
+            answer = self._aks_view(updated)
+            answer["properties"]["provisioningState"] = "Updating"
+            return answer, self._operation(base_url, api_version, provider="Microsoft.ContainerService")
+
+    def aks_patch_tags(self, rg: str, name: str, body: dict) -> dict:
+        """``begin_update_tags``: replace the tags (the only thing a managed cluster PATCH changes)."""
+        others = sorted(set(body) - {"tags"})
+        if others:
+            raise ArmError(400, "LabNotEmulated", f"A managed cluster PATCH changes tags only, not {', '.join(others)}.")
+        with self._lock:
+            cluster = copy.deepcopy(self._require(rg, AKS, name))
+            cluster["tags"] = body.get("tags") or {}
+            self._store(cluster)
+            self._save()
+            return self._aks_view(cluster)
+
+    def aks_user_credentials(self, rg: str, name: str, kubeconfig_format: str | None) -> dict:
+        """``listClusterUserCredential``: ``{"kubeconfigs": [{"name": "clusterUser", "value": base64 kubeconfig}]}``.
+
+        The kubeconfig (``format=exec``, the default since Kubernetes 1.24) names the lab's API server
+        ``https://localhost:<kube port>`` with the lab CA as ``certificate-authority-data``, and a user whose
+        credentials come from the kubelogin exec plugin (``get-token --server-id`` the AKS server application): it
+        holds no secret. ``format=azure`` (the removed auth-provider) is refused (400 ``LabNotEmulated``).
+        """
+        if kubeconfig_format not in (None, "exec"):
+            raise ArmError(400, "LabNotEmulated", f"The lab's managed clusters only give format=exec kubeconfigs, "
+                                                  f"not format={kubeconfig_format}.")
+        with self._lock:
+            cluster = self._require(rg, AKS, name)
+            tenant = cluster["properties"]["aadProfile"]["tenantID"]
+            cluster_name, user = cluster["name"], f"clusterUser_{rg}_{cluster['name']}"
+        ca = base64.b64encode(self.paths.ca_cert.read_bytes()).decode()
+        kubeconfig = {
+            "apiVersion": "v1", "kind": "Config", "preferences": {}, "current-context": cluster_name,
+            "clusters": [{"name": cluster_name, "cluster": {"certificate-authority-data": ca,
+                                                            "server": f"https://localhost:{self.kube_port}"}}],
+            "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": user}}],
+            "users": [{"name": user, "user": {"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "kubelogin",
+                "args": ["get-token", "--environment", "AzurePublicCloud", "--server-id", AKS_SERVER_ID,
+                         "--client-id", AKS_KUBELOGIN_CLIENT_ID, "--tenant-id", tenant, "--login", "devicecode"],
+                "env": None, "provideClusterInfo": False,
+                "installHint": "\nkubelogin is not installed which is required to connect to AAD enabled cluster.\n\n"
+                               "To learn more, please go to https://aka.ms/aks/kubelogin\n"}}}],
+        }
+        value = base64.b64encode(yaml.safe_dump(kubeconfig, sort_keys=False).encode()).decode()
+        return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}
+
+    # ----- VM scale sets, App Service apps and Container Apps: identities, app settings, container env -----
+
+    def vmss_patch(self, rg: str, name: str, body: dict) -> dict:
+        """PATCH ``identity`` and ``tags`` of a scale set, with the VMs' identity semantics (:meth:`_patch_identity`)."""
+        with self._lock:
+            scale_set = copy.deepcopy(self._require(rg, VMSS, name))
+            if "tags" in body:
+                scale_set["tags"] = body["tags"] or {}
+            if body.get("identity") is not None:
+                self._patch_identity(scale_set, body["identity"])
+            self._store(scale_set)
+            self._save()
+            return copy.deepcopy(scale_set)
+
+    def _replace_identity(self, workload: dict, patch: dict, both: str) -> None:
+        """App Service / Container Apps PATCH of ``identity``, strict: the ``userAssignedIdentities`` map sent
+        REPLACES the attached set (a ``null`` value leaves that key out; an absent map keeps the set), so a client
+        must read, merge and write the whole map. ``both`` is the kind's spelling of the combined type."""
+        current = workload.get("identity") or {"type": "None"}
+        kind = (patch.get("type") or current.get("type") or "None")
+        if kind.replace(" ", "") not in ("None", "SystemAssigned", "UserAssigned", "SystemAssigned,UserAssigned"):
+            raise ArmError(400, "InvalidParameter", f"The value '{kind}' of parameter 'identity.type' is invalid.")
+        kind = both if "," in kind else kind
+        sent = patch.get("userAssignedIdentities")
+        if sent is None:
+            assigned = dict(current.get("userAssignedIdentities") or {})
+        else:
+            assigned = {}
+            for key, value in sent.items():
+                if value is not None:
+                    identity = self._attachable_identity(workload, key)
+                    assigned[identity["id"]] = self._identity_ref(identity)
+        if "UserAssigned" not in kind:
+            if sent:
+                raise ArmError(400, "InvalidParameter", f"identity.userAssignedIdentities needs an identity.type "
+                                                        f"with UserAssigned, not '{kind}'.")
+            assigned = {}
+        if not assigned and "UserAssigned" in kind:
+            kind = "SystemAssigned" if kind.startswith("SystemAssigned") else "None"
+        identity = {"type": kind}
+        if kind.startswith("SystemAssigned"):
+            identity.update(principalId=current.get("principalId") or str(uuid.uuid4()), tenantId=self.tenant_id)
+        if assigned:
+            identity["userAssignedIdentities"] = assigned
+        workload["identity"] = identity
+
+    def site_patch(self, rg: str, name: str, body: dict) -> dict:
+        """PATCH an App Service app: ``tags``, ``identity`` (strict replace, :meth:`_replace_identity`) and
+        ``properties`` merged as JSON merge patch (read-only ones ignored); returns the app (200)."""
+        with self._lock:
+            site = copy.deepcopy(self._require(rg, SITE, name))
+            if "tags" in body:
+                site["tags"] = body["tags"] or {}
+            if body.get("identity") is not None:
+                self._replace_identity(site, body["identity"], "SystemAssigned, UserAssigned")
+            writable = {k: v for k, v in (body.get("properties") or {}).items() if k not in SITE_READ_ONLY}
+            site["properties"] = _merge_patch(site["properties"], writable)
+            self._store(site)
+            self._save()
+            return copy.deepcopy(site)
+
+    def _app_settings(self, rg: str, name: str) -> dict:
+        site = self._require(rg, SITE, name)
+        return self._get(f"{site['id']}/config/appsettings")
+
+    def site_app_settings_list(self, rg: str, name: str) -> dict:
+        """``POST .../config/appsettings/list``: the StringDictionary resource (``properties``: name -> value)."""
+        with self._lock:
+            return copy.deepcopy(self._app_settings(rg, name))
+
+    def site_app_settings_put(self, rg: str, name: str, body: dict) -> dict:
+        """``PUT .../config/appsettings``: the body's ``properties`` REPLACE every app setting (Azure's semantics:
+        a setting left out is deleted); values must be strings."""
+        settings = body.get("properties")
+        if not isinstance(settings, dict) or not all(isinstance(v, str) for v in settings.values()):
+            raise ArmError(400, "BadRequest", "The app settings must be an object of string values in 'properties'.")
+        with self._lock:
+            config = copy.deepcopy(self._app_settings(rg, name))
+            config["properties"] = dict(settings)
+            self._store(config)
+            self._save()
+            return copy.deepcopy(config)
+
+    def container_app_patch(self, rg: str, name: str, body: dict, base_url: str,
+                            api_version: str) -> dict[str, str]:
+        """PATCH a Container App (JSON merge patch; arrays such as ``template.containers`` are replaced whole):
+        ``tags``, ``identity`` (strict replace, :meth:`_replace_identity`), ``properties`` (read-only ones ignored).
+        A template change makes a new revision. Returns the 202's headers; invalid requests change nothing."""
+        with self._lock:
+            app = copy.deepcopy(self._require(rg, CONTAINER_APP, name))
+            if "tags" in body:
+                app["tags"] = body["tags"] or {}
+            if body.get("identity") is not None:
+                self._replace_identity(app, body["identity"], "SystemAssigned,UserAssigned")
+            writable = {k: v for k, v in (body.get("properties") or {}).items() if k not in CONTAINER_APP_READ_ONLY}
+            before = copy.deepcopy(app["properties"].get("template"))
+            app["properties"] = _merge_patch(app["properties"], writable)
+            for container in app["properties"].get("template", {}).get("containers") or []:
+                if not container.get("name") or not container.get("image"):
+                    raise ArmError(400, "ContainerAppInvalidContainer",
+                                   "Every container of properties.template.containers needs a name and an image "
+                                   "(a PATCH replaces the whole list).")
+                for entry in container.get("env") or []:
+                    if not entry.get("name") or ("value" not in entry and "secretRef" not in entry):
+                        raise ArmError(400, "ContainerAppInvalidContainer",
+                                       f"Environment variable {json.dumps(entry)} needs a name and a value or "
+                                       f"secretRef.")
+            if app["properties"].get("template") != before:
+                revision = int(app["properties"]["latestRevisionName"].rsplit("--", 1)[1]) + 1
+                app["properties"]["latestRevisionName"] = app["properties"]["latestReadyRevisionName"] = \
+                    f"{app['name']}--{revision:07d}"
+                app["properties"]["latestRevisionFqdn"] = f"{app['name']}--{revision:07d}.localhost"
+            self._store(app)
+            self._save()
+            return self._operation(base_url, api_version, provider="Microsoft.App")
+
     def list_in_rg(self, rg: str, type_: str) -> list[dict]:
         with self._lock:
             self._require_rg(rg)
-            found = self._in_rg(rg, type_)
-            return [self._cosmos_view(r) for r in found] if type_ == COSMOS else copy.deepcopy(found)
+            return [self._view(r) for r in self._in_rg(rg, type_)]
 
     def get(self, rg: str, type_: str, name: str) -> dict:
         with self._lock:
-            resource = self._require(rg, type_, name)
-            return self._cosmos_view(resource) if type_ == COSMOS else copy.deepcopy(resource)
+            return self._view(self._require(rg, type_, name))
+
+    def _view(self, resource: dict) -> dict:
+        """The resource as GET returns it: what depends on this lab's ports is added, the lab's own notes removed."""
+        if resource["type"] == COSMOS:
+            return self._cosmos_view(resource)
+        if resource["type"] == AKS:
+            return self._aks_view(resource)
+        return copy.deepcopy(resource)
 
 
 class ArmHandler(JsonHandler):
@@ -1080,6 +1551,8 @@ class ArmHandler(JsonHandler):
         body = self.read_body()
         if self.route.startswith("/lab/"):
             return self.send_json(*self.lab_api(state, body))
+        if self.route.startswith("/oidc/"):
+            return self.send_json(*self.issuer_document(state))
         state.count(self.command)
         headers = {"x-ms-request-id": str(uuid.uuid4()),
                    "x-ms-correlation-request-id": self.headers.get("x-ms-client-request-id") or str(uuid.uuid4())}
@@ -1155,7 +1628,8 @@ class ArmHandler(JsonHandler):
             return self.resource_group(state, method, rg, body)
         if len(seg) < 7 or seg[4] != "providers":
             raise self.unsupported()
-        type_ = {t.lower(): t for t in (MI, VM, PG, SQL, COSMOS)}.get(f"{seg[5]}/{seg[6]}")
+        type_ = {t.lower(): t for t in (MI, VM, PG, SQL, COSMOS, AKS, VMSS, SITE, CONTAINER_APP)}.get(
+            f"{seg[5]}/{seg[6]}")
         if type_ is None:
             raise self.unsupported()
         if len(seg) == 7:
@@ -1172,6 +1646,12 @@ class ArmHandler(JsonHandler):
         sql_children = (["administrators", "activedirectory"], ["azureadonlyauthentications", "default"])
         if type_ == SQL and len(seg) == 10 and seg[8:] in sql_children:
             return self.sql_child(state, method, rg, name, seg[8], body, base_url, api)
+        if type_ == AKS and seg[8:] == ["listclusterusercredential"] and method == "POST":
+            return 200, state.aks_user_credentials(rg, name, self.query.get("format")), {}
+        if type_ == SITE and seg[8:] == ["config", "appsettings", "list"] and method == "POST":
+            return 200, state.site_app_settings_list(rg, name), {}
+        if type_ == SITE and seg[8:] == ["config", "appsettings"] and method == "PUT":
+            return 200, state.site_app_settings_put(rg, name, body), {}
         if type_ == COSMOS and len(seg) in (9, 10):
             return self.cosmos_child(state, method, rg, name, seg[8], raw[9] if len(seg) == 10 else None, body,
                                      base_url, api)
@@ -1217,6 +1697,17 @@ class ArmHandler(JsonHandler):
             return state.identity_delete(rg, name), None, {}
         if type_ == VM and method == "PATCH":
             return 200, state.vm_patch(rg, name, body), {}
+        if type_ == VMSS and method == "PATCH":
+            return 200, state.vmss_patch(rg, name, body), {}
+        if type_ == SITE and method == "PATCH":
+            return 200, state.site_patch(rg, name, body), {}
+        if type_ == CONTAINER_APP and method == "PATCH":
+            return 202, None, state.container_app_patch(rg, name, body, base_url, api)
+        if type_ == AKS and method == "PUT":
+            answer, headers = state.aks_put(rg, name, body, base_url, api)
+            return 200, answer, headers
+        if type_ == AKS and method == "PATCH":
+            return 200, state.aks_patch_tags(rg, name, body), {}
         if type_ == PG and method == "PATCH":
             return 202, None, state.pg_patch(rg, name, body, base_url, api)
         if type_ == COSMOS and method == "PATCH":
@@ -1290,6 +1781,18 @@ class ArmHandler(JsonHandler):
                 return (204, None, {}) if headers is None else (202, None, headers)
         raise self.unsupported()
 
+    def issuer_document(self, state: ArmState) -> tuple[int, dict]:
+        """``GET /oidc/{tenant}/{uid}/.well-known/openid-configuration`` and ``.../openid/v1/jwks``: an AKS cluster's
+        public OIDC issuer documents, without authentication (404 while the issuer is off)."""
+        parts = self.route.split("/")
+        if self.command == "GET" and len(parts) >= 6:
+            document = {".well-known/openid-configuration": "openid-configuration",
+                        "openid/v1/jwks": "jwks"}.get("/".join(parts[4:]))
+            found = state.aks_issuer_document(parts[2], parts[3], document) if document else None
+            if found is not None:
+                return 200, found
+        return 404, {"error": {"code": "NotFound", "message": "The OIDC issuer document was not found."}}
+
     def lab_api(self, state: ArmState, body: bytes) -> tuple[int, dict | None]:
         route, method = self.route.rstrip("/"), self.command
         if route == "/lab/counters" and method == "GET":
@@ -1310,6 +1813,11 @@ class ArmHandler(JsonHandler):
                     return 400, {"error": {"code": "InvalidFault", "message": f"Bad fault spec: {exc!r}"}}
         if route == "/lab/state" and method == "GET":
             return 200, state.dump()
+        if route.startswith("/lab/aks/") and method == "GET":
+            try:
+                return 200, state.aks_lab_status(route[len("/lab/aks/"):])
+            except KeyError:
+                pass
         return 404, {"error": {"code": "NotFound", "message": f"No lab API {method} {route}"}}
 
 

@@ -32,9 +32,13 @@ import time
 from . import ca, config, odbc
 from .azuresql import new_password
 from .directory import AUTOMATION_SP, automation_principal
+from .identity_endpoint import identity_header_key
 from .server import optional_module, read_secrets
 
 START_TIMEOUT_S = 10.0
+# The identity endpoint's workload kinds -> where topology.yml lists them.
+WORKLOAD_TOPOLOGY_KEYS = {"vms": "virtual_machines", "vmss": "vm_scale_sets", "sites": "web_apps",
+                          "containerapps": "container_apps"}
 STOP_TIMEOUT_S = 5.0
 
 
@@ -72,21 +76,24 @@ def ensure_secrets(paths: config.LabPaths, topology: dict) -> None:
     """Add the lab's missing secrets to ``paths().secrets`` (mode 0600), keeping the other components' entries.
 
     Written here: ``sp-lab-automation`` -> ``{"client_id", "client_secret"}`` (the Entra double's client-credentials
-    principal; its secret exists nowhere else), ``identity_headers`` -> ``{vm: secret}``, the value App Service
-    puts in ``IDENTITY_HEADER`` for the App Service style endpoint of each lab workload, and ``sql_servers`` ->
+    principal; its secret exists nowhere else), ``identity_headers`` -> ``{workload: secret}``, the value App Service
+    puts in ``IDENTITY_HEADER`` for the App Service style endpoint of each lab workload (keyed by
+    ``identity_endpoint.identity_header_key``: a VM's name, ``vmss/<name>``, ``sites/<name>``,
+    ``containerapps/<name>``), and ``sql_servers`` ->
     ``{server: {"administrator_login", "administrator_password"}}``, each Azure SQL server's SQL-authentication admin.
     """
     current = read_secrets(paths)
-    vms = [vm["name"] for vm in topology["virtual_machines"]]
+    workloads = [identity_header_key(kind, workload["name"]) for kind, key in WORKLOAD_TOPOLOGY_KEYS.items()
+                 for workload in topology.get(key, [])]
     sql = {server["name"]: server["administrator_login"] for server in topology.get("sql_servers", [])}
-    if (AUTOMATION_SP in current and set(current.get("identity_headers", {})) >= set(vms)
+    if (AUTOMATION_SP in current and set(current.get("identity_headers", {})) >= set(workloads)
             and set(current.get("sql_servers", {})) >= set(sql)):
         return
     current.setdefault(AUTOMATION_SP, {"client_id": automation_principal(topology["tenant_id"])["client_id"],
                                        "client_secret": secrets.token_urlsafe(30)})
     headers = current.setdefault("identity_headers", {})
-    for vm in vms:
-        headers.setdefault(vm, secrets.token_urlsafe(24))
+    for workload in workloads:
+        headers.setdefault(workload, secrets.token_urlsafe(24))
     admins = current.setdefault("sql_servers", {})
     for server, login in sql.items():
         admins.setdefault(server, {"administrator_login": login, "administrator_password": new_password()})

@@ -93,7 +93,8 @@ class Lab:
             backend = postgres.PostgresLab(paths, topology) if postgres else None
             hooks = backend or LoggedHooks()
         self.hooks = hooks
-        self.arm = ArmState(paths, topology, self.directory, hooks, cosmos_port=ports.cosmos)
+        self.arm = ArmState(paths, topology, self.directory, hooks, cosmos_port=ports.cosmos, arm_port=ports.arm,
+                            kube_port=ports.kube)
         audiences = list(topology["audiences"].values())
         automation = read_secrets(paths).get(AUTOMATION_SP, {})
         secrets = {automation["client_id"]: automation["client_secret"]} if automation else {}
@@ -108,7 +109,7 @@ class Lab:
                                         f"{host}/{topology['tenant_id']}"), tls),
             "identity": LabHTTPServer(ports.identity, IdentityHandler,
                                       IdentityEndpoint(self.issuer, self.directory, audiences,
-                                                       self.arm.vm_user_assigned_identities,
+                                                       self.arm.workload_user_assigned_identities,
                                                        read_secrets(paths).get("identity_headers", {}))),
         }
         self.front = None
