@@ -158,6 +158,11 @@ def invalid(kind: Kind, name: str, causes: list[tuple[str, str, str]]) -> ApiErr
         "causes": [{"reason": reason, "message": message, "field": field} for field, reason, message in causes]})
 
 
+def random_suffix() -> str:
+    """Five characters, as ``generateName`` appends."""
+    return "".join(secrets.choice(_NAME_CHARS) for _position in range(5))
+
+
 def now() -> str:
     """RFC 3339 UTC, second precision, as Kubernetes writes timestamps."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -276,7 +281,7 @@ class KubeCluster:
         if not isinstance(meta, dict):
             raise ApiError(400, "metadata must be an object")
         if url_name is None and not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + "".join(secrets.choice(_NAME_CHARS) for _ in range(5))
+            meta["name"] = meta["generateName"] + random_suffix()
         name = meta.get("name") or ""
         if url_name is not None and name != url_name:
             raise ApiError(400, f"the name of the object ({name}) does not match the name on the URL ({url_name})")
@@ -566,7 +571,7 @@ class KubeCluster:
         account_name = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
         spec.update(serviceAccountName=account_name, serviceAccount=account_name, nodeName="aks-nodepool1-lab-vmss0")
         pod = {"kind": "Pod", "apiVersion": "v1", "metadata": {
-            "name": meta["name"] + "-" + "".join(secrets.choice(_NAME_CHARS) for _ in range(5)),
+            "name": meta["name"] + "-" + random_suffix(),
             "generateName": meta["name"] + "-", "namespace": namespace,
             "labels": copy.deepcopy(template["metadata"].get("labels") or {}),
             "annotations": copy.deepcopy(template["metadata"].get("annotations") or {}),

@@ -135,8 +135,10 @@ def json_patch(target, operations) -> dict:
             source = operation.get("from")
             if source is None:
                 raise PatchError(f"missing from for {op} at {path!r}")
-            value = _remove(document, source) if op == "move" else copy.deepcopy(_walk(document, _pointer(source),
-                                                                                         source))
+            if op == "move":
+                value = _remove(document, source)
+            else:
+                value = copy.deepcopy(_walk(document, _pointer(source), source))
             document = _add(document, path, value)
         elif op == "test":
             if _walk(document, _pointer(path), path) != operation["value"]:
