@@ -113,7 +113,16 @@ def _service_ports(ports: config.Ports) -> dict[str, int]:
         wanted.update(ports.sql_servers(config.topology()))
     if cosmos_accounts(config.topology()):
         wanted["cosmos"] = ports.cosmos
+    if kube_clusters(config.topology(), ports):
+        wanted["kube"] = ports.kube
     return wanted
+
+
+def kube_clusters(topology: dict, ports: config.Ports) -> list[str]:
+    """The AKS clusters whose Kubernetes API server this lab serves: the first of ``aks_clusters`` when the component
+    runs and has a port (see :mod:`azurelab.kube`), else none."""
+    clusters = topology.get("aks_clusters") or []
+    return [clusters[0]["name"]] if clusters and ports.kube and optional_module("kube") else []
 
 
 def cosmos_accounts(topology: dict) -> list[str]:
@@ -132,7 +141,8 @@ def endpoints(paths: config.LabPaths, ports: config.Ports, topology: dict) -> di
         "ca_bundle": str(paths.ca_bundle),
         "secrets_file": str(paths.secrets),
         "ports": {"entra": ports.entra, "arm": ports.arm, "identity": ports.identity, "postgres": ports.postgres,
-                  "openbao": ports.openbao, "sql": ports.sql_servers(topology), "cosmos": ports.cosmos},
+                  "openbao": ports.openbao, "sql": ports.sql_servers(topology), "cosmos": ports.cosmos,
+                  "kube": ports.kube},
         "authority_host": f"https://{config.HOST}:{ports.entra}",
         "resource_manager": f"https://{config.HOST}:{ports.arm}/",
         "audiences": topology["audiences"],
@@ -145,6 +155,8 @@ def endpoints(paths: config.LabPaths, ports: config.Ports, topology: dict) -> di
         # Cosmos DB account -> its documentEndpoint (localhost: azure-cosmos asks for a token for scheme://host).
         "cosmos": {name: f"https://localhost:{ports.cosmos}/" for name in cosmos_accounts(topology)},
         "vault_addr": f"http://{config.HOST}:{ports.openbao}",
+        # AKS cluster -> its API server (localhost: the name in the lab certificate that kubeconfigs use).
+        "kube_servers": {name: f"https://localhost:{ports.kube}" for name in kube_clusters(topology, ports)},
     }
 
 
@@ -164,7 +176,8 @@ def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> s
 
     With Azure SQL in the lab it adds ``ODBCSYSINI`` / ``ODBCINSTINI`` (pyodbc finds "ODBC Driver 18 for SQL
     Server" there; ``SSL_CERT_FILE`` makes the driver trust the lab CA) and one ``LAB_SQL_PORT_<SERVER>`` per server;
-    with Cosmos DB, ``LAB_COSMOS_ENDPOINT_<ACCOUNT>`` (``https://localhost:<port>/``) per served account.
+    with Cosmos DB, ``LAB_COSMOS_ENDPOINT_<ACCOUNT>`` (``https://localhost:<port>/``) per served account; with the
+    Kubernetes API server, ``LAB_KUBE_SERVER`` (``https://localhost:<port>``).
     """
     info = endpoints(paths, ports, topology)
     exports = {
@@ -184,6 +197,8 @@ def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> s
         exports.update(odbc.environment(paths))
         exports.update({sql_port_variable(name): str(server["port"]) for name, server in info["sql_servers"].items()})
     exports.update({cosmos_endpoint_variable(name): endpoint for name, endpoint in info["cosmos"].items()})
+    if info["kube_servers"]:
+        exports["LAB_KUBE_SERVER"] = next(iter(info["kube_servers"].values()))
     lines = ["# Written by `python -m azurelab up`: the lab seen from its control node (vm-control)."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
     return "\n".join(lines) + "\n"

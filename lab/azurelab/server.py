@@ -1,15 +1,18 @@
 """One process for the lab's Azure control plane: Entra (HTTPS), the VMs' managed identity endpoint (HTTP),
 ARM (HTTPS), when the PostgreSQL part of the lab is present and enabled the PostgreSQL front (TLS), one Azure SQL
 double (TDS) per server of ``topology.yml``'s ``sql_servers`` for which ``ports.sql`` has a port (see
-:mod:`azurelab.azuresql`), and the Cosmos DB data plane of the first of its ``cosmos_accounts`` (HTTPS, see
-:mod:`azurelab.cosmos`; its Node.js backend is this process's child and stops with it).
+:mod:`azurelab.azuresql`), the Cosmos DB data plane of the first of its ``cosmos_accounts`` (HTTPS, see
+:mod:`azurelab.cosmos`; its Node.js backend is this process's child and stops with it), and the Kubernetes API server
+of the first of its ``aks_clusters`` (HTTPS, see :mod:`azurelab.kube`; Job pods are this process's children, killed
+when it stops).
 
 Run by ``python -m azurelab up`` as ``python -m azurelab.server`` (detached; logs to ``paths().logs/server.log``;
 SIGTERM stops it cleanly). Tests can also build a :class:`Lab` in-process and pass their own ``hooks``.
 
-``LAB_COMPONENTS=azure`` leaves PostgreSQL, OpenBao, Azure SQL and Cosmos DB out (no front, no TDS servers, no Cosmos
-data plane; PostgreSQL Entra admin changes are only logged). ``LAB_COMPONENTS`` may also list the parts to run beside
-the control plane, comma-separated: ``azure,cosmos`` runs the control plane and Cosmos DB only.
+``LAB_COMPONENTS=azure`` leaves PostgreSQL, OpenBao, Azure SQL, Cosmos DB and Kubernetes out (no front, no TDS
+servers, no Cosmos data plane, no Kubernetes API server; PostgreSQL Entra admin changes are only logged).
+``LAB_COMPONENTS`` may also list the parts to run beside the control plane, comma-separated: ``azure,cosmos`` runs the
+control plane and Cosmos DB only, ``azure,kube`` the control plane and the Kubernetes API server.
 
 Not emulated: anything about process supervision (a crashed server stays down until ``up`` runs again).
 """
@@ -23,6 +26,7 @@ import os
 import signal
 import ssl
 import threading
+from typing import Callable
 
 from . import ca, config
 from .arm import ArmApp, ArmHandler, ArmState, PostgresHooks
@@ -35,7 +39,7 @@ from .web import LabHTTPServer
 log = logging.getLogger("azurelab")
 
 
-ALL_COMPONENTS = frozenset({"azure", "postgres", "openbao", "sql", "cosmos"})
+ALL_COMPONENTS = frozenset({"azure", "postgres", "openbao", "sql", "cosmos", "kube"})
 
 
 def components() -> set[str]:
@@ -57,7 +61,7 @@ def optional_module(name: str):
     their files not existing yet (an import error inside an existing file is raised, not hidden).
     """
     wanted = {"postgres": "postgres", "pgfront": "postgres", "openbao": "openbao", "azuresql": "sql",
-              "cosmos": "cosmos"}[name]
+              "cosmos": "cosmos", "kube": "kube"}[name]
     if wanted not in components() or importlib.util.find_spec(f"azurelab.{name}") is None:
         return None
     return importlib.import_module(f"azurelab.{name}")
@@ -72,6 +76,24 @@ class LoggedHooks:
 
     def drop_entra_admin(self, server_name: str, object_id: str) -> None:
         log.info("no PostgreSQL in this lab: drop_entra_admin(%s, %s)", server_name, object_id)
+
+
+def aks_cluster_state(arm: ArmState, name: str) -> tuple[Callable[[], str | None], Callable[[], bool]]:
+    """``(issuer_url, workload_identity_enabled)`` callables over the ARM double's *current* managed cluster ``name``:
+    its ``oidcIssuerProfile.issuerURL`` (``None`` while the issuer is off) and
+    ``securityProfile.workloadIdentity.enabled`` (AKS installs the workload identity webhook only then).
+
+    An ARM double without ``managedClusters`` (no ``ArmState.aks_cluster``) gives ``None`` and ``True``: the
+    Kubernetes double then signs with :data:`azurelab.aks.DEFAULT_ISSUER` and always runs the webhook.
+    """
+    accessor = getattr(arm, "aks_cluster", None)
+    if accessor is None:
+        return (lambda: None), (lambda: True)
+
+    def properties() -> dict:
+        return (accessor(name) or {}).get("properties") or {}
+    return ((lambda: (properties().get("oidcIssuerProfile") or {}).get("issuerURL")),
+            (lambda: bool(((properties().get("securityProfile") or {}).get("workloadIdentity") or {}).get("enabled"))))
 
 
 def read_secrets(paths: config.LabPaths) -> dict:
@@ -124,6 +146,13 @@ class Lab:
         cosmos = optional_module("cosmos")
         self.cosmos = cosmos.CosmosFront(paths, topology, ports.cosmos, self.issuer, self.arm.cosmos_account) \
             if cosmos and topology.get("cosmos_accounts") and ports.cosmos else None
+        kube = optional_module("kube")
+        self.kube = None
+        if kube and topology.get("aks_clusters") and ports.kube:
+            cluster = topology["aks_clusters"][0]
+            self.kube = kube.KubeCluster(paths, topology, cluster, self.issuer, host,
+                                         *aks_cluster_state(self.arm, cluster["name"]))
+            self.servers["kube"] = LabHTTPServer(ports.kube, kube.KubeHandler, self.kube, tls)
 
     def start(self) -> None:
         for name, server in self.servers.items():
@@ -139,6 +168,8 @@ class Lab:
             self.cosmos.start()
 
     def stop(self) -> None:
+        if self.kube is not None:
+            self.kube.shutdown()
         if self.cosmos is not None:
             self.cosmos.stop()
         if self.front is not None:
