@@ -106,7 +106,14 @@ def _service_ports(ports: config.Ports) -> dict[str, int]:
         wanted.update(ports.sql_servers(config.topology()))
     if cosmos_accounts(config.topology()):
         wanted["cosmos"] = ports.cosmos
+    wanted.update(web_workloads(ports, config.topology()))
     return wanted
+
+
+def web_workloads(ports: config.Ports, topology: dict) -> dict[str, int]:
+    """App Service app or Container App -> the port of its lab front (:mod:`azurelab.webfront`), when the ``web``
+    component runs; else ``{}``."""
+    return ports.web_workloads(topology) if optional_module("webfront") else {}
 
 
 def cosmos_accounts(topology: dict) -> list[str]:
@@ -137,6 +144,8 @@ def endpoints(paths: config.LabPaths, ports: config.Ports, topology: dict) -> di
                         for name, port in ports.sql_servers(topology).items()},
         # Cosmos DB account -> its documentEndpoint (localhost: azure-cosmos asks for a token for scheme://host).
         "cosmos": {name: f"https://localhost:{ports.cosmos}/" for name in cosmos_accounts(topology)},
+        # App Service app / Container App -> the URL its lab front serves the app on (/health/identity, /).
+        "web_workloads": {name: f"https://localhost:{port}/" for name, port in web_workloads(ports, topology).items()},
         "vault_addr": f"http://{config.HOST}:{ports.openbao}",
     }
 
@@ -152,12 +161,18 @@ def cosmos_endpoint_variable(account: str) -> str:
     return "LAB_COSMOS_ENDPOINT_" + "".join(c if c.isalnum() else "_" for c in account).upper()
 
 
+def web_url_variable(workload: str) -> str:
+    """The env.sh variable holding a web workload's URL: ``app-storefront`` -> ``LAB_WEB_URL_APP_STOREFRONT``."""
+    return "LAB_WEB_URL_" + "".join(c if c.isalnum() else "_" for c in workload).upper()
+
+
 def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> str:
     """Bash exports for a shell on the control node (``vm-control``); no secret values.
 
     With Azure SQL in the lab it adds ``ODBCSYSINI`` / ``ODBCINSTINI`` (pyodbc finds "ODBC Driver 18 for SQL
     Server" there; ``SSL_CERT_FILE`` makes the driver trust the lab CA) and one ``LAB_SQL_PORT_<SERVER>`` per server;
-    with Cosmos DB, ``LAB_COSMOS_ENDPOINT_<ACCOUNT>`` (``https://localhost:<port>/``) per served account.
+    with Cosmos DB, ``LAB_COSMOS_ENDPOINT_<ACCOUNT>`` (``https://localhost:<port>/``) per served account; with web
+    workloads, ``LAB_WEB_URL_<WORKLOAD>`` (``https://localhost:<port>/``) per App Service app and Container App.
     """
     info = endpoints(paths, ports, topology)
     exports = {
@@ -177,6 +192,7 @@ def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> s
         exports.update(odbc.environment(paths))
         exports.update({sql_port_variable(name): str(server["port"]) for name, server in info["sql_servers"].items()})
     exports.update({cosmos_endpoint_variable(name): endpoint for name, endpoint in info["cosmos"].items()})
+    exports.update({web_url_variable(name): url for name, url in info["web_workloads"].items()})
     lines = ["# Written by `python -m azurelab up`: the lab seen from its control node (vm-control)."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
     return "\n".join(lines) + "\n"
