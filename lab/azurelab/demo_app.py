@@ -74,7 +74,7 @@ SQL_SCOPE = "https://database.windows.net/.default"
 SQL_DRIVER = "ODBC Driver 18 for SQL Server"
 SQL_COPT_SS_ACCESS_TOKEN = 1256
 LOGIN_TIMEOUT_S = 10
-MAX_ERROR_CHARS = 500
+MAX_ERROR_CHARS = 2000  # DefaultAzureCredential lists every credential it tried before the one that failed
 
 
 def approle_client(config: dict):
