@@ -1,7 +1,8 @@
 """The lab's demo application: ``python -m azurelab.demo_app <app-name> [--identity-check]``.
 
-It stands for an application running on its workload (a VM, an App Service app, a Container App or a pod). It reads ``<state>/apps/<app>.json`` and connects the way the
-tutorial's code does, unmodified clients only. ``db_type`` chooses the database (``postgres`` when absent):
+It stands for an application running on its workload (a VM, an App Service app, a Container App or a pod). It
+reads ``<state>/apps/<app>.json`` and connects the way the tutorial's code does, unmodified clients only.
+``db_type`` chooses the database (``postgres`` when absent):
 
 PostgreSQL (tutorial Part 2):
 
@@ -47,8 +48,8 @@ On a lab VM the caller sets ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` to that VM's m
 platform (the lab front) sets ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER``, and the app settings or container env.
 
 Config keys: ``app``, ``vm`` (a VM workload) or ``workload`` (``{"type": "app_service" | "container_app" | "aks",
-"name"}``; informative only: the environment decides which endpoint the credential uses), ``mode``, ``db_host``, ``db_port``, ``db_name``, ``query``; vault mode adds
-``vault_addr``, ``vault_approle_mount``, ``role_id``, ``secret_id_file``; identity mode adds
+"name"}``; informative only: the environment decides which endpoint the credential uses), ``mode``, ``db_host``,
+``db_port``, ``db_name``, ``query``; vault mode adds ``vault_addr``, ``vault_approle_mount``, ``role_id``, ``secret_id_file``; identity mode adds
 ``managed_identity_client_id`` and ``db_user``. PostgreSQL adds ``db_sslmode``, ``db_sslrootcert`` and, in vault
 mode, ``vault_database_mount``, ``vault_role``. Azure SQL adds ``db_type: sql``, ``db_server`` (the logical
 server's name), ``db_ca_bundle`` and, in vault mode, ``vault_kv_mount``, ``vault_kv_path``. Cosmos DB adds

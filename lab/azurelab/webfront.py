@@ -40,6 +40,7 @@ references and ``secretref:`` values in settings (passed through as text), App S
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -55,6 +56,8 @@ log = logging.getLogger("azurelab.webfront")
 APP_TIMEOUT_S = 60
 # workload type -> the ARM resource path segment, which is also its prefix on the managed identity endpoint
 KINDS = {"app_service": "sites", "container_app": "containerapps"}
+# workload type -> the ArmState accessor of what the app gets as its environment
+SETTINGS_ACCESSORS = {"app_service": "site_app_settings", "container_app": "container_app_env"}
 PLATFORM_NAME_VARIABLE = {"app_service": "WEBSITE_SITE_NAME", "container_app": "CONTAINER_APP_NAME"}
 
 
@@ -163,17 +166,17 @@ def build(paths: config.LabPaths, topology: dict, ports: config.Ports, arm, iden
     ``identity_headers`` the lab secrets' ``identity_headers`` (a missing key gives the app an empty
     ``IDENTITY_HEADER``, which the identity endpoint refuses).
     """
-    readers = {"app_service": arm_reader(arm, "site_app_settings"), "container_app": arm_reader(arm, "container_app_env")}
     tls = ca.server_context(paths)
     servers = {}
     for workload in workloads(topology, ports):
         key = f"{workload.kind}/{workload.name}"
-        platform = Platform(paths, topology, workload, lambda read=readers[workload.type], name=workload.name: read(name),
+        settings = functools.partial(read_settings, arm, SETTINGS_ACCESSORS[workload.type], workload.name)
+        platform = Platform(paths, topology, workload, settings,
                             f"http://{config.HOST}:{ports.identity}/{key}/msi/token", identity_headers.get(key, ""))
         servers[workload.name] = LabHTTPServer(workload.port, WebFrontHandler, platform, tls)
     return servers
 
 
-def arm_reader(arm, accessor: str) -> Callable[[str], dict]:
+def read_settings(arm, accessor: str, name: str) -> dict:
     """``arm.<accessor>(name)``, looked up at call time (so a failure is one request's 503, not the lab's start)."""
-    return lambda name: getattr(arm, accessor)(name)
+    return getattr(arm, accessor)(name)
