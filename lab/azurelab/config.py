@@ -161,6 +161,35 @@ def database_type(app: dict) -> str:
     return (app.get("database") or {}).get("type", "postgres")
 
 
+WORKLOAD_TYPES = ("vm", "app_service", "container_app", "aks")
+
+
+def workload(app: dict) -> dict:
+    """Where an application of ``topology["applications"]`` runs: ``{"type": "vm" | "app_service" |
+    "container_app" | "aks", "name": <VM, App Service app, Container App or AKS cluster>, ...}`` (an AKS workload also
+    names its ``namespace``, ``service_account`` and ``deployment``).
+
+    ``vm: <name>`` is the older spelling of ``workload: {type: vm, name: <name>}`` and still accepted. Raises
+    ``ValueError`` for an application with neither, or with a type not in :data:`WORKLOAD_TYPES`.
+    """
+    if "workload" in app:
+        found = dict(app["workload"])
+    elif "vm" in app:
+        found = {"type": "vm", "name": app["vm"]}
+    else:
+        raise ValueError(f"application {app.get('name')!r}: no workload (give `workload: {{type, name}}` or `vm`)")
+    if found.get("type") not in WORKLOAD_TYPES or not found.get("name"):
+        raise ValueError(f"application {app.get('name')!r}: workload type must be one of {', '.join(WORKLOAD_TYPES)}, "
+                         f"with a name")
+    return found
+
+
+def application_on(topo: dict, workload_type: str, name: str) -> dict | None:
+    """The application of ``topo["applications"]`` that runs on that workload (the first, if several), or None."""
+    return next((app for app in topo.get("applications", [])
+                 if workload(app)["type"] == workload_type and workload(app)["name"] == name), None)
+
+
 def is_sql_application(app: dict) -> bool:
     """An application of ``topology["applications"]`` that uses Azure SQL (``database.type: sql``)."""
     return database_type(app) == "sql"

@@ -1,7 +1,8 @@
-"""The lab's demo application: ``python -m azurelab.demo_app <app-name>``.
+"""The lab's demo application: ``python -m azurelab.demo_app <app-name> [--identity-check]``.
 
-It stands for an application running on its VM. It reads ``<state>/apps/<app>.json`` and connects the way the
-tutorial's code does, unmodified clients only. ``db_type`` chooses the database (``postgres`` when absent):
+It stands for an application running on its workload (a VM, an App Service app, a Container App or a pod). It
+reads ``<state>/apps/<app>.json`` and connects the way the tutorial's code does, unmodified clients only.
+``db_type`` chooses the database (``postgres`` when absent):
 
 PostgreSQL (tutorial Part 2):
 
@@ -34,18 +35,29 @@ Azure Cosmos DB for NoSQL (``db_type: cosmos``; tutorial Part 3, Step 2), azure-
   as the client's credential (the SDK asks for a token for ``https://<endpoint host>/.default``). ``connected_as``
   is the token's ``oid``: Cosmos DB has no notion of a current user.
 
-On a lab VM the caller sets ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` to that VM's managed identity endpoint
-(``http://127.0.0.1:<ports.identity>/vms/<vm>``), as IMDS is on a real VM.
+In identity mode the credential is given ``managed_identity_client_id`` only when the config has one; without it
+``DefaultAzureCredential`` falls back to ``AZURE_CLIENT_ID``.
 
-Config keys: ``app``, ``vm``, ``mode``, ``db_host``, ``db_port``, ``db_name``, ``query``; vault mode adds
-``vault_addr``, ``vault_approle_mount``, ``role_id``, ``secret_id_file``; identity mode adds
+``--identity-check`` (:func:`identity_check`): whatever ``mode`` says, sign in to the app's database with
+``DefaultAzureCredential()`` and no client id, as the app's health endpoint would, and report who the database saw
+(``connected_as``) and which identity the token was for (``identity_client_id``, ``identity_object_id``). It is what
+the lab's App Service / Container Apps front (:mod:`azurelab.webfront`) serves at ``/health/identity``.
+
+On a lab VM the caller sets ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` to that VM's managed identity endpoint
+(``http://127.0.0.1:<ports.identity>/vms/<vm>``), as IMDS is on a real VM. On App Service and Container Apps the
+platform (the lab front) sets ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER``, and the app settings or container env.
+
+Config keys: ``app``, ``vm`` (a VM workload) or ``workload`` (``{"type": "app_service" | "container_app" | "aks",
+"name"}``; informative only: the environment decides which endpoint the credential uses), ``mode``, ``db_host``,
+``db_port``, ``db_name``, ``query``; vault mode adds ``vault_addr``, ``vault_approle_mount``, ``role_id``, ``secret_id_file``; identity mode adds
 ``managed_identity_client_id`` and ``db_user``. PostgreSQL adds ``db_sslmode``, ``db_sslrootcert`` and, in vault
 mode, ``vault_database_mount``, ``vault_role``. Azure SQL adds ``db_type: sql``, ``db_server`` (the logical
 server's name), ``db_ca_bundle`` and, in vault mode, ``vault_kv_mount``, ``vault_kv_path``. Cosmos DB adds
 ``db_type: cosmos``, ``db_account``, ``db_endpoint``, ``db_container``, ``query_category`` and, in vault mode,
 ``vault_kv_mount``, ``vault_kv_path``.
 
-Prints one JSON line, ``{"app", "mode", "ok": true, "connected_as": <current user>, "rows": [...]}``, and exits 0;
+Prints one JSON line, ``{"app", "mode", "ok": true, "connected_as": <current user>, "rows": [...]}`` (with
+``--identity-check``: ``mode: identity-check`` and ``identity_client_id``, ``identity_object_id``), and exits 0;
 on failure ``{"app", "mode", "ok": false, "error": "<type>: <message>"}`` and exits 1. Neither holds a secret:
 the error is the client library's message, which never echoes a password or token.
 """
@@ -63,7 +75,7 @@ SQL_SCOPE = "https://database.windows.net/.default"
 SQL_DRIVER = "ODBC Driver 18 for SQL Server"
 SQL_COPT_SS_ACCESS_TOKEN = 1256
 LOGIN_TIMEOUT_S = 10
-MAX_ERROR_CHARS = 500
+MAX_ERROR_CHARS = 2000  # DefaultAzureCredential lists every credential it tried before the one that failed
 
 
 def approle_client(config: dict):
@@ -85,19 +97,32 @@ def vault_credentials(config: dict) -> tuple[str, str]:
     return creds["data"]["username"], creds["data"]["password"]
 
 
-def identity_credentials(config: dict) -> tuple[str, str]:
-    """After: the workload's managed identity. Returns ``(role name, access token)``."""
+def default_credential(config: dict) -> "_RecordingCredential":
+    """After: ``DefaultAzureCredential``, given ``managed_identity_client_id`` only when the config names one.
+
+    Passing ``None`` explicitly would make azure-identity ignore ``AZURE_CLIENT_ID``, the app setting by which an
+    App Service or Container App picks one of several identities.
+    """
     from azure.identity import DefaultAzureCredential
 
-    credential = DefaultAzureCredential(managed_identity_client_id=config.get("managed_identity_client_id"))
+    client_id = config.get("managed_identity_client_id")
+    chosen = {"managed_identity_client_id": client_id} if client_id else {}
+    return _RecordingCredential(DefaultAzureCredential(**chosen))
+
+
+def identity_credentials(config: dict, credential) -> tuple[str, str]:
+    """After: the workload's managed identity. Returns ``(role name, access token)``; the role is ``db_user``."""
     return config["db_user"], credential.get_token(POSTGRES_SCOPE).token
 
 
-def run_postgres(config: dict) -> tuple[str, list]:
+def run_postgres(config: dict, credential=None) -> tuple[str, list]:
     """Connect as the config says, run the app's query; returns ``(current_user, rows)`` (raises on failure)."""
     import psycopg
 
-    user, password = (vault_credentials if config["mode"] == "vault" else identity_credentials)(config)
+    if config["mode"] == "vault":
+        user, password = vault_credentials(config)
+    else:
+        user, password = identity_credentials(config, credential)
     with psycopg.connect(host=config["db_host"], port=config["db_port"], dbname=config["db_name"], user=user,
                          password=password, sslmode=config.get("db_sslmode", "verify-full"),
                          sslrootcert=config.get("db_sslrootcert"), connect_timeout=10) as conn:
@@ -129,14 +154,11 @@ def sql_connect_vault(config: dict):
     return pyodbc.connect(conn_str, timeout=LOGIN_TIMEOUT_S)
 
 
-def sql_connect_identity(config: dict):
-    """After: tutorial Part 1, Step 5, with the lab's server address."""
-    from azure.identity import DefaultAzureCredential
+def sql_connect_identity(config: dict, credential):
+    """After: tutorial Part 1, Step 5 (``credential`` is its ``DefaultAzureCredential``), with the lab's server
+    address."""
     import pyodbc
 
-    credential = DefaultAzureCredential(
-        managed_identity_client_id=config.get("managed_identity_client_id")
-    )
     token = credential.get_token(SQL_SCOPE)
     token_bytes = token.token.encode("UTF-16-LE")
     token_struct = struct.pack(f'<I{len(token_bytes)}s', len(token_bytes), token_bytes)
@@ -149,7 +171,7 @@ def sql_connect_identity(config: dict):
     )
 
 
-def run_sql(config: dict) -> tuple[str, list]:
+def run_sql(config: dict, credential=None) -> tuple[str, list]:
     """Connect to Azure SQL as the config says, run the app's query; returns ``(CURRENT_USER, rows)``."""
     from . import odbc
 
@@ -157,7 +179,7 @@ def run_sql(config: dict) -> tuple[str, list]:
     os.environ.update(odbc.register_driver(paths()))
     if config.get("db_ca_bundle"):
         os.environ["SSL_CERT_FILE"] = config["db_ca_bundle"]
-    conn = (sql_connect_vault if config["mode"] == "vault" else sql_connect_identity)(config)
+    conn = sql_connect_vault(config) if config["mode"] == "vault" else sql_connect_identity(config, credential)
     try:
         cursor = conn.cursor()
         cursor.execute("SELECT CURRENT_USER AS connected_as")
@@ -168,28 +190,31 @@ def run_sql(config: dict) -> tuple[str, list]:
     return connected_as, rows
 
 
-def _token_object_id(token: str) -> str | None:
-    """The ``oid`` claim of a token, read without verifying it (the database verified it)."""
+def _token_claims(token: str) -> dict:
+    """The claims of a token, read without verifying it (the database verified it)."""
     import base64
 
     payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("oid")
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 class _RecordingCredential:
-    """Passes ``get_token`` through and keeps the last token's ``oid``, to report which identity connected."""
+    """Passes ``get_token`` through and keeps the last token's ``oid`` and client id (``appid``), to report which
+    identity connected."""
 
     def __init__(self, credential):
         self.credential = credential
         self.object_id = None
+        self.client_id = None
 
     def get_token(self, *scopes, **kwargs):
         token = self.credential.get_token(*scopes, **kwargs)
-        self.object_id = _token_object_id(token.token)
+        claims = _token_claims(token.token)
+        self.object_id, self.client_id = claims.get("oid"), claims.get("appid") or claims.get("azp")
         return token
 
 
-def run_cosmos(config: dict) -> tuple[str, list]:
+def run_cosmos(config: dict, credential=None) -> tuple[str, list]:
     """Tutorial Part 3: the key from Vault KV (before) or the managed identity (after); returns ``(principal, rows)``
     where ``principal`` is ``key`` in vault mode (a key names nobody) and the token's ``oid`` in identity mode."""
     from azure.cosmos import CosmosClient
@@ -201,10 +226,6 @@ def run_cosmos(config: dict) -> tuple[str, list]:
         client = CosmosClient(url=config["db_endpoint"], credential=primary_key)
         principal = None
     else:
-        from azure.identity import DefaultAzureCredential
-
-        credential = _RecordingCredential(DefaultAzureCredential(
-            managed_identity_client_id=config.get("managed_identity_client_id")))
         client = CosmosClient(url=config["db_endpoint"], credential=credential)
         principal = credential
     database = client.get_database_client(config["db_name"])
@@ -223,24 +244,48 @@ RUNNERS = {"sql": run_sql, "cosmos": run_cosmos, "postgres": run_postgres}
 
 def run(config: dict) -> dict:
     """Connect as the config says, run the app's query; returns the result line (raises on failure)."""
-    connected_as, rows = RUNNERS[config.get("db_type", "postgres")](config)
+    credential = default_credential(config) if config["mode"] != "vault" else None
+    connected_as, rows = RUNNERS[config.get("db_type", "postgres")](config, credential)
     return {"app": config["app"], "mode": config["mode"], "ok": True, "connected_as": connected_as,
             "rows": [list(row) for row in rows]}
 
 
+def identity_check(config: dict) -> dict:
+    """``--identity-check``: the app's database, signed in with ``DefaultAzureCredential()`` whatever ``mode`` says.
+
+    No client id is passed (``managed_identity_client_id`` in the config is ignored): on App Service and Container
+    Apps the ``AZURE_CLIENT_ID`` app setting is how the default credential picks one of several identities. For
+    PostgreSQL the role to sign in as is the ``PGUSER`` environment variable (libpq's own; an app setting), else the
+    config's ``db_user``; SQL and Cosmos DB take the user from the token. Returns the result line with
+    ``identity_client_id`` and ``identity_object_id`` (the token's ``appid`` and ``oid``); raises on failure.
+    """
+    checked = {key: value for key, value in config.items() if key != "managed_identity_client_id"}
+    checked["mode"] = "identity"
+    if checked.get("db_type", "postgres") == "postgres":
+        checked["db_user"] = os.environ.get("PGUSER") or config.get("db_user")
+        if not checked["db_user"]:
+            raise ValueError("identity check: no PostgreSQL role to sign in as (set PGUSER, the identity's role name)")
+    credential = default_credential(checked)
+    connected_as, rows = RUNNERS[checked.get("db_type", "postgres")](checked, credential)
+    return {"app": config["app"], "mode": "identity-check", "ok": True, "connected_as": connected_as,
+            "identity_client_id": credential.client_id, "identity_object_id": credential.object_id,
+            "rows": [list(row) for row in rows]}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m azurelab.demo_app <app-name>", file=sys.stderr)
+    if len(argv) not in (1, 2) or (len(argv) == 2 and argv[1] != "--identity-check"):
+        print("usage: python -m azurelab.demo_app <app-name> [--identity-check]", file=sys.stderr)
         return 2
-    app = argv[0]
+    app, check = argv[0], len(argv) == 2
     config: dict = {"app": app, "mode": None}
     try:
         with open(paths().apps / f"{app}.json", encoding="utf-8") as handle:
             config = json.load(handle)
-        result = run(config)
+        result = identity_check(config) if check else run(config)
     except Exception as exc:  # the app's one failure report: whatever broke, say so as JSON and exit 1
         message = f"{type(exc).__name__}: {exc}".strip()[:MAX_ERROR_CHARS]
-        print(json.dumps({"app": app, "mode": config.get("mode"), "ok": False, "error": message}))
+        mode = "identity-check" if check else config.get("mode")
+        print(json.dumps({"app": app, "mode": mode, "ok": False, "error": message}))
         return 1
     print(json.dumps(result, default=str))  # numeric and date columns print as text
     return 0

@@ -115,6 +115,7 @@ def _service_ports(ports: config.Ports) -> dict[str, int]:
         wanted["cosmos"] = ports.cosmos
     if kube_clusters(config.topology(), ports):
         wanted["kube"] = ports.kube
+    wanted.update(web_workloads(ports, config.topology()))
     return wanted
 
 
@@ -123,6 +124,12 @@ def kube_clusters(topology: dict, ports: config.Ports) -> list[str]:
     runs and has a port (see :mod:`azurelab.kube`), else none."""
     clusters = topology.get("aks_clusters") or []
     return [clusters[0]["name"]] if clusters and ports.kube and optional_module("kube") else []
+
+
+def web_workloads(ports: config.Ports, topology: dict) -> dict[str, int]:
+    """App Service app or Container App -> the port of its lab front (:mod:`azurelab.webfront`), when the ``web``
+    component runs; else ``{}``."""
+    return ports.web_workloads(topology) if optional_module("webfront") else {}
 
 
 def cosmos_accounts(topology: dict) -> list[str]:
@@ -154,6 +161,8 @@ def endpoints(paths: config.LabPaths, ports: config.Ports, topology: dict) -> di
                         for name, port in ports.sql_servers(topology).items()},
         # Cosmos DB account -> its documentEndpoint (localhost: azure-cosmos asks for a token for scheme://host).
         "cosmos": {name: f"https://localhost:{ports.cosmos}/" for name in cosmos_accounts(topology)},
+        # App Service app / Container App -> the URL its lab front serves the app on (/health/identity, /).
+        "web_workloads": {name: f"https://localhost:{port}/" for name, port in web_workloads(ports, topology).items()},
         "vault_addr": f"http://{config.HOST}:{ports.openbao}",
         # AKS cluster -> its API server (localhost: the name in the lab certificate that kubeconfigs use).
         "kube_servers": {name: f"https://localhost:{ports.kube}" for name in kube_clusters(topology, ports)},
@@ -171,13 +180,19 @@ def cosmos_endpoint_variable(account: str) -> str:
     return "LAB_COSMOS_ENDPOINT_" + "".join(c if c.isalnum() else "_" for c in account).upper()
 
 
+def web_url_variable(workload: str) -> str:
+    """The env.sh variable holding a web workload's URL: ``app-storefront`` -> ``LAB_WEB_URL_APP_STOREFRONT``."""
+    return "LAB_WEB_URL_" + "".join(c if c.isalnum() else "_" for c in workload).upper()
+
+
 def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> str:
     """Bash exports for a shell on the control node (``vm-control``); no secret values.
 
     With Azure SQL in the lab it adds ``ODBCSYSINI`` / ``ODBCINSTINI`` (pyodbc finds "ODBC Driver 18 for SQL
     Server" there; ``SSL_CERT_FILE`` makes the driver trust the lab CA) and one ``LAB_SQL_PORT_<SERVER>`` per server;
     with Cosmos DB, ``LAB_COSMOS_ENDPOINT_<ACCOUNT>`` (``https://localhost:<port>/``) per served account; with the
-    Kubernetes API server, ``LAB_KUBE_SERVER`` (``https://localhost:<port>``).
+    Kubernetes API server, ``LAB_KUBE_SERVER`` (``https://localhost:<port>``); with web workloads,
+    ``LAB_WEB_URL_<WORKLOAD>`` (``https://localhost:<port>/``) per App Service app and Container App.
     """
     info = endpoints(paths, ports, topology)
     exports = {
@@ -199,6 +214,7 @@ def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> s
     exports.update({cosmos_endpoint_variable(name): endpoint for name, endpoint in info["cosmos"].items()})
     if info["kube_servers"]:
         exports["LAB_KUBE_SERVER"] = next(iter(info["kube_servers"].values()))
+    exports.update({web_url_variable(name): url for name, url in info["web_workloads"].items()})
     lines = ["# Written by `python -m azurelab up`: the lab seen from its control node (vm-control)."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
     return "\n".join(lines) + "\n"

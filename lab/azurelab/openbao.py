@@ -23,10 +23,12 @@ the dev banner lines that print it are filtered out of ``logs/openbao.log``.
 * AppRole at ``vault.approle_mount``: per application a role and a policy reading ``<mount>/creds/<role>``
   (PostgreSQL) or ``<kv_mount>/data/<vault_kv_path>`` (SQL, Cosmos DB);
 * per application ``<state>/apps/<app>.json`` (see :mod:`azurelab.demo_app`) and ``<app>.secret-id`` (0600):
-  the stored secret this project exists to remove.
+  the stored secret this project exists to remove, whatever its workload (``vm`` in the config for a VM,
+  ``workload: {type, name}`` for an App Service app, a Container App or an AKS cluster).
 
-Not emulated: Vault Agent, leases surviving a restart (the dev server keeps nothing), KV metadata (versions beyond
-the current one are never read), TLS on the Vault listener. The dev server also listens on <ports.openbao>+1 for
+Not emulated: Vault Agent and Vault's Kubernetes auth (an AKS application gets an AppRole like the others), leases
+surviving a restart (the dev server keeps nothing), KV metadata (versions beyond the current one are never read), TLS
+on the Vault listener. The dev server also listens on <ports.openbao>+1 for
 cluster traffic (127.0.0.1 only).
 """
 from __future__ import annotations
@@ -45,7 +47,7 @@ import urllib.request
 
 import hvac
 
-from .config import HOST, LabPaths, Ports, database_type, is_cosmos_application, is_sql_application
+from .config import HOST, LabPaths, Ports, database_type, is_cosmos_application, is_sql_application, workload
 from .postgres import PostgresLab, pid_alive
 
 READY_TIMEOUT_S = 10
@@ -314,7 +316,7 @@ class OpenBaoLab:
 
         desired = {
             **current,
-            "app": name, "vm": app["vm"], "mode": "vault",
+            "app": name, **_workload_settings(app), "mode": "vault",
             "vault_addr": self.addr, "vault_approle_mount": auth_mount,
             "role_id": client.auth.approle.read_role_id(name, mount_point=auth_mount)["data"]["role_id"],
             "secret_id_file": str(secret_id_file),
@@ -356,6 +358,15 @@ class OpenBaoLab:
             return False
         # hvac returns the JSON body when the secret id exists, the bare 204 response when it does not.
         return isinstance(found, dict) and bool(found.get("data"))
+
+
+def _workload_settings(app: dict) -> dict:
+    """Where the demo app runs, for its config: ``{"vm": <name>}`` for a VM (the key configs have always had), else
+    ``{"workload": {"type", "name"}}``."""
+    found = workload(app)
+    if found["type"] == "vm":
+        return {"vm": found["name"]}
+    return {"workload": {"type": found["type"], "name": found["name"]}}
 
 
 def _policy_exists(client: hvac.Client, name: str) -> bool:

@@ -2,17 +2,19 @@
 ARM (HTTPS), when the PostgreSQL part of the lab is present and enabled the PostgreSQL front (TLS), one Azure SQL
 double (TDS) per server of ``topology.yml``'s ``sql_servers`` for which ``ports.sql`` has a port (see
 :mod:`azurelab.azuresql`), the Cosmos DB data plane of the first of its ``cosmos_accounts`` (HTTPS, see
-:mod:`azurelab.cosmos`; its Node.js backend is this process's child and stops with it), and the Kubernetes API server
+:mod:`azurelab.cosmos`; its Node.js backend is this process's child and stops with it), the Kubernetes API server
 of the first of its ``aks_clusters`` (HTTPS, see :mod:`azurelab.kube`; Job pods are this process's children, killed
-when it stops).
+when it stops), and one front per App Service app and Container App for which ``ports.web`` has a port (HTTPS, see
+:mod:`azurelab.webfront`).
 
 Run by ``python -m azurelab up`` as ``python -m azurelab.server`` (detached; logs to ``paths().logs/server.log``;
 SIGTERM stops it cleanly). Tests can also build a :class:`Lab` in-process and pass their own ``hooks``.
 
-``LAB_COMPONENTS=azure`` leaves PostgreSQL, OpenBao, Azure SQL, Cosmos DB and Kubernetes out (no front, no TDS
-servers, no Cosmos data plane, no Kubernetes API server; PostgreSQL Entra admin changes are only logged).
-``LAB_COMPONENTS`` may also list the parts to run beside the control plane, comma-separated: ``azure,cosmos`` runs the
-control plane and Cosmos DB only, ``azure,kube`` the control plane and the Kubernetes API server.
+``LAB_COMPONENTS=azure`` leaves PostgreSQL, OpenBao, Azure SQL, Cosmos DB, Kubernetes and the web workloads out (no
+front, no TDS servers, no Cosmos data plane, no Kubernetes API server, no web fronts; PostgreSQL Entra admin changes
+are only logged). ``LAB_COMPONENTS`` may also list the parts to run beside the control plane, comma-separated:
+``azure,cosmos`` runs the control plane and Cosmos DB only, ``azure,kube`` the control plane and the Kubernetes API
+server.
 
 Not emulated: anything about process supervision (a crashed server stays down until ``up`` runs again).
 """
@@ -39,7 +41,7 @@ from .web import LabHTTPServer
 log = logging.getLogger("azurelab")
 
 
-ALL_COMPONENTS = frozenset({"azure", "postgres", "openbao", "sql", "cosmos", "kube"})
+ALL_COMPONENTS = frozenset({"azure", "postgres", "openbao", "sql", "cosmos", "kube", "web"})
 
 
 def components() -> set[str]:
@@ -61,7 +63,7 @@ def optional_module(name: str):
     their files not existing yet (an import error inside an existing file is raised, not hidden).
     """
     wanted = {"postgres": "postgres", "pgfront": "postgres", "openbao": "openbao", "azuresql": "sql",
-              "cosmos": "cosmos", "kube": "kube"}[name]
+              "cosmos": "cosmos", "kube": "kube", "webfront": "web"}[name]
     if wanted not in components() or importlib.util.find_spec(f"azurelab.{name}") is None:
         return None
     return importlib.import_module(f"azurelab.{name}")
@@ -153,6 +155,9 @@ class Lab:
             self.kube = kube.KubeCluster(paths, topology, cluster, self.issuer, host,
                                          *aks_cluster_state(self.arm, cluster["name"]))
             self.servers["kube"] = LabHTTPServer(ports.kube, kube.KubeHandler, self.kube, tls)
+        webfront = optional_module("webfront")
+        self.web = webfront.build(paths, topology, ports, self.arm, read_secrets(paths).get("identity_headers", {})) \
+            if webfront else {}
 
     def start(self) -> None:
         for name, server in self.servers.items():
@@ -166,10 +171,17 @@ class Lab:
             log.info("Azure SQL serving on %s", {n: s.port for n, s in self.sql.items()})
         if self.cosmos is not None:
             self.cosmos.start()
+        for name, server in self.web.items():
+            server.start(f"web {name}")
+        if self.web:
+            log.info("web workloads serving on %s", {n: s.server_address[1] for n, s in self.web.items()})
 
     def stop(self) -> None:
         if self.kube is not None:
             self.kube.shutdown()
+        for server in self.web.values():
+            server.shutdown()
+            server.server_close()
         if self.cosmos is not None:
             self.cosmos.stop()
         if self.front is not None:
