@@ -35,7 +35,7 @@ from .directory import AUTOMATION_SP, automation_principal
 from .identity_endpoint import identity_header_key
 from .server import optional_module, read_secrets
 
-START_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 30.0  # a loaded 2-core CI machine starting several labs at once needs more than 10 s
 # The identity endpoint's workload kinds -> where topology.yml lists them.
 WORKLOAD_TOPOLOGY_KEYS = {"vms": "virtual_machines", "vmss": "vm_scale_sets", "sites": "web_apps",
                           "containerapps": "container_apps"}

@@ -86,14 +86,16 @@ job:
   returned: always
   type: dict
   sample: {"name": "mi-login-check-x7k2p", "pod": "mi-login-check-x7k2p-9q8ws", "namespace": "app-namespace"}
-login:
-  description: The result of mi_login_check inside the pod (C(connected_as), C(rows), ...).
-  returned: success, not in check mode
-  type: dict
 connected_as:
-  description: Who the database saw (the identity's user name, or its principal id for Cosmos DB).
+  description:
+    - Who the database saw (the identity's user name, or its principal id for Cosmos DB). The other return values of
+      M(csa_inabox.managed_identity.mi_login_check) (C(elapsed_ms), C(rows), C(driver), ...) are returned as well.
   returned: success, not in check mode
   type: str
+login:
+  description: The result of mi_login_check inside the pod, when it failed.
+  returned: failure
+  type: dict
 """
 
 import json
@@ -208,8 +210,9 @@ def main():
     if result.get("failed"):
         mod.fail("as service account %s/%s: %s" % (namespace, params["service_account"], result.get("msg")),
                  job=info, login=result, remedy=result.get("remedy"))
-    result.pop("invocation", None)
-    mod.exit(False, job=info, login=result, connected_as=result.get("connected_as"))
+    for key in ("invocation", "changed", "failed", "warnings", "deprecations"):
+        result.pop(key, None)
+    mod.exit(False, job=info, **result)
 
 
 if __name__ == "__main__":
