@@ -656,11 +656,15 @@ class ArmState:
         with self._lock:
             return dict(self.counters)
 
-    def count(self, method: str) -> None:
+    def count(self, method: str, path: str = "") -> None:
+        """Count a request. ``writes`` counts the ones that change state: PUT, PATCH, DELETE and POST actions, but not
+        the POST actions that only read (``listKeys``, ``listClusterUserCredential``, ``config/appsettings/list``),
+        which ARM still charges to the write budget (``remaining``)."""
         with self._lock:
             self.counters[method] = self.counters.get(method, 0) + 1
             self.counters["total"] += 1
-            if method in WRITE_METHODS:
+            last = path.rstrip("/").rsplit("/", 1)[-1].lower()
+            if method in WRITE_METHODS and not (method == "POST" and last.startswith("list")):
                 self.counters["writes"] += 1
 
     def remaining(self, method: str) -> tuple[str, int]:
@@ -1553,7 +1557,7 @@ class ArmHandler(JsonHandler):
             return self.send_json(*self.lab_api(state, body))
         if self.route.startswith("/oidc/"):
             return self.send_json(*self.issuer_document(state))
-        state.count(self.command)
+        state.count(self.command, self.route)
         headers = {"x-ms-request-id": str(uuid.uuid4()),
                    "x-ms-correlation-request-id": self.headers.get("x-ms-client-request-id") or str(uuid.uuid4())}
         name, value = state.remaining(self.command)

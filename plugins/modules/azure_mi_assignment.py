@@ -125,6 +125,7 @@ app_settings_changed:
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict, parse_resource_id
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.locks import status_of
 
 CLIENT_ID_SETTING = "AZURE_CLIENT_ID"
 
@@ -298,7 +299,12 @@ def set_client_id_setting(mod, workload, identity_id):
         return True
     parts = parse_resource_id(identity_id)
     try:
-        identity = as_dict(mod.clients.msi.user_assigned_identities.get(parts["group"], parts["name"])) or {}
+        try:
+            identity = as_dict(mod.clients.msi.user_assigned_identities.get(parts["group"], parts["name"])) or {}
+        except Exception as exc:  # the SDK's HttpResponseError family
+            if mod.check_mode and status_of(exc) == 404:
+                return True  # an identity this check-mode run only plans to create: its client id is not known yet
+            raise
         client_id = (identity.get("properties") or {}).get("clientId")
         settings = workload.settings()
         if settings.get(CLIENT_ID_SETTING) == client_id:

@@ -185,6 +185,10 @@ def main():
 
     objects = kube.Objects(kube.api_client(mod))
     try:
+        # Without its service account a Job never gets a pod (admission refuses it): say so now, not after the timeout.
+        if objects.get("ServiceAccount", namespace, params["service_account"]) is None:
+            mod.fail("service account %s/%s does not exist: create and annotate it first (k8s_workload_identity)"
+                     % (namespace, params["service_account"]))
         job = objects.create("Job", namespace, job_body(params))
     except kube.KubeError as exc:
         mod.fail("could not create the login-check Job in namespace %s" % namespace, exc)

@@ -259,7 +259,21 @@ def main():
     objects = kube.Objects(kube.api_client(mod))
     namespace, name = params["namespace"], params["service_account"]
     result = {}
+
+    def read_deployment():
+        found = objects.get("Deployment", namespace, params["deployment"])
+        if found is None:
+            mod.fail("Deployment %s/%s does not exist" % (namespace, params["deployment"]))
+        account = deployment_view(found)["service_account"]
+        if params["state"] == "present" and account != name:
+            mod.fail("Deployment %s/%s runs as service account %r, not %r: the federated credential names %r. "
+                     "Set spec.template.spec.serviceAccountName in the application's manifest first"
+                     % (namespace, params["deployment"], account, name, name))
+        return found
+
     try:
+        if params["deployment"]:
+            read_deployment()  # refuse a missing Deployment, or one running as another account, before any write
         sa_before, sa_after, sa_changed, _extra = converge(
             mod, objects, "ServiceAccount", lambda: objects.get("ServiceAccount", namespace, name),
             lambda sa: mark_service_account(sa, params))
@@ -279,16 +293,6 @@ def main():
 
         changed = sa_changed
         if params["deployment"]:
-            def read_deployment():
-                found = objects.get("Deployment", namespace, params["deployment"])
-                if found is None:
-                    mod.fail("Deployment %s/%s does not exist" % (namespace, params["deployment"]))
-                account = deployment_view(found)["service_account"]
-                if params["state"] == "present" and account != name:
-                    mod.fail("Deployment %s/%s runs as service account %r, not %r: the federated credential names %r. "
-                             "Set spec.template.spec.serviceAccountName in the application's manifest first"
-                             % (namespace, params["deployment"], account, name, name))
-                return found
             dep_before, dep_after, dep_changed, extra = converge(
                 mod, objects, "Deployment", read_deployment, lambda d: mark_deployment(d, params))
             removed_env, removed_annotations = extra

@@ -162,3 +162,28 @@ def run_module(lab: RunningLab, module: str, check: bool = False, env: dict | No
     result = json.loads(lines[-1])
     result.setdefault("failed", run.returncode != 0)
     return result
+
+
+def automation_credential(lab: RunningLab):
+    """azure-identity's ClientSecretCredential for the lab's automation service principal: the independent reader
+    (and "the other tool") of the tests, never the identity a module runs as."""
+    from azure.identity import ClientSecretCredential
+
+    sp = json.loads((lab.state / "secrets.json").read_text())["sp-lab-automation"]
+    return ClientSecretCredential(TENANT, sp["client_id"], sp["client_secret"],
+                                  connection_verify=str(lab.state / "tls" / "ca-bundle.pem"),
+                                  authority=f"https://127.0.0.1:{lab.base + 1}", disable_instance_discovery=True)
+
+
+def kube_client(lab: RunningLab):
+    """A ``kubernetes`` ApiClient for the lab's AKS cluster, as the automation service principal (an Entra token for
+    the AKS server application)."""
+    import kubernetes
+
+    configuration = kubernetes.client.Configuration()
+    configuration.host = lab.env["LAB_KUBE_SERVER"]
+    configuration.ssl_ca_cert = str(lab.state / "tls" / "ca-bundle.pem")
+    token = automation_credential(lab).get_token("6dae42f8-4368-4678-94ff-3960e28e3630/.default").token
+    configuration.api_key = {"authorization": token}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    return kubernetes.client.ApiClient(configuration)

@@ -8,17 +8,21 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import ssl
 import subprocess
 import sys
+import urllib.request
 
 import psycopg
 import pytest
 
-from labrunner import REPO, run_module
+from labrunner import REPO, kube_client, run_module
 
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-PG_APPS = {"orders-api": "mi-orders-api", "reports": "mi-reports", "billing-worker": "mi-billing-worker"}
-SQL_APPS = {"inventory-api": "mi-inventory-api", "audit-reader": "mi-audit-reader", "ledger": "mi-ledger"}
+PG_APPS = {"orders-api": "mi-orders-api", "reports": "mi-reports", "billing-worker": "mi-billing-worker",
+           "storefront": "mi-storefront"}
+SQL_APPS = {"inventory-api": "mi-inventory-api", "audit-reader": "mi-audit-reader", "ledger": "mi-ledger",
+            "webapp": "mi-webapp"}
 COSMOS_APPS = {"catalog-api": "mi-catalog-api", "search-indexer": "mi-search-indexer"}
 APPS = {**PG_APPS, **SQL_APPS, **COSMOS_APPS}
 VMS = {"orders-api": "vm-orders", "reports": "vm-reports", "billing-worker": "vm-billing",
@@ -30,7 +34,8 @@ COSMOS_ACCOUNT = ("/subscriptions/2b6e3f4a-8c1d-4e9f-b7a2-5c0d9e8f1a23/resourceG
                   "Microsoft.DocumentDB/databaseAccounts/cosmos-lab")
 SQL_DATABASES = {"sql-lab": ("appdb", 7), "sql-lab-2": ("ledgerdb", 8)}  # database, port offset
 SQL_ROLES = {"mi-inventory-api": ["db_datareader", "db_datawriter"], "mi-audit-reader": ["db_datareader"],
-             "mi-ledger": ["db_datareader", "ledger_writer"]}
+             "mi-ledger": ["db_datareader", "ledger_writer"], "mi-webapp": ["db_datareader"]}
+CLIENT_ID_ANNOTATION, USE_LABEL = "azure.workload.identity/client-id", "azure.workload.identity/use"
 
 
 def recap(output: str) -> dict:
@@ -158,7 +163,7 @@ def test_check_mode_on_a_fresh_lab_writes_nothing_and_shows_the_plan(lab):
     assert run.returncode == 0, run.stdout[-4000:]
     after = (lab.arm_counters()["writes"], catalog_snapshot(lab), vault_roles(lab), sql_catalog_snapshot(lab))
     assert after == before
-    assert before[2] == ["billing-worker", "orders-api", "reports"]
+    assert before[2] == ["billing-worker", "orders-api", "reports", "storefront"]
     for planned in ("PATCH authConfig activeDirectoryAuth=Enabled", "pgaadauth_create_principal_with_oid",
                     'GRANT DELETE, INSERT, SELECT, UPDATE ON ALL TABLES IN SCHEMA "orders" TO "mi-orders-api"',
                     "(known after apply)", "DELETE database/roles/orders-api", "would set passwordAuth=Disabled",
@@ -166,8 +171,10 @@ def test_check_mode_on_a_fresh_lab_writes_nothing_and_shows_the_plan(lab):
                     "ALTER ROLE [ledger_writer] ADD MEMBER [mi-ledger]",
                     "would turn on Entra-only authentication",
                     "PUT sqlRoleAssignments/(known after apply) (Cosmos DB Built-in Data Reader on /dbs/appdb/colls/items)",
-                    "would switch keys off (disableLocalAuth)"):
-        assert planned in run.stdout, planned
+                    "would switch keys off (disableLocalAuth)",
+                    "would log in to sql-lab/appdb from a Job in aks-prod/app-namespace as service account webapp-sa",
+                    "would ask https://localhost:"):
+        assert planned in " ".join(run.stdout.split()), planned  # the callback may wrap long lines
     lab.assert_no_secret_in(run.stdout + run.stderr)
 
 
@@ -281,7 +288,8 @@ def test_backups_hold_definitions_and_no_secret(lab):
     backups = sorted((lab.state / "backups").rglob("*.json"))
     names = [p.relative_to(lab.state / "backups").as_posix() for p in backups]
     assert names == ["database/connections/pg-lab-appdb.json", "database/roles/billing-worker.json",
-                     "database/roles/orders-api.json", "database/roles/reports.json"]
+                     "database/roles/orders-api.json", "database/roles/reports.json",
+                     "database/roles/storefront.json"]
     role = json.loads((lab.state / "backups" / "database" / "roles" / "orders-api.json").read_text())
     assert role["db_name"] == "pg-lab-appdb" and role["creation_statements"]
     lab.assert_no_secret_in("".join(p.read_text() for p in backups))
@@ -298,7 +306,7 @@ def test_a_second_run_changes_nothing_and_writes_nothing_to_arm(lab):
     assert sql_catalog_snapshot(lab) == sql_catalog
 
 
-@pytest.mark.parametrize("app", sorted(APPS))
+@pytest.mark.parametrize("app", sorted(VMS))
 def test_the_demo_app_runs_as_its_identity_from_its_vm(lab, app):
     result = demo_app(lab, app)
     assert result["ok"] and result["mode"] == "identity", result
@@ -309,6 +317,36 @@ def test_the_demo_app_runs_as_its_identity_from_its_vm(lab, app):
         assert result["connected_as"] == APPS[app]
     config = json.loads((lab.state / "apps" / f"{app}.json").read_text())
     assert "secret_id_file" not in config and "role_id" not in config
+
+
+def test_the_app_service_app_runs_as_its_identity_picked_by_its_app_setting(lab):
+    """The lab front runs the demo app with App Service's environment: its app settings (AZURE_CLIENT_ID set by the
+    identity phase), IDENTITY_ENDPOINT and IDENTITY_HEADER."""
+    identity = run_module(lab, "azure_mi", name="mi-storefront", resource_group="rg-lab-apps")["identity"]
+    context = ssl.create_default_context(cafile=str(lab.state / "tls" / "ca-bundle.pem"))
+    for path in ("", "health/identity"):
+        with urllib.request.urlopen(f"https://localhost:{lab.base + 11}/{path}", context=context, timeout=60) as answer:
+            result = json.loads(answer.read())
+        assert result["ok"] and result["connected_as"] == "mi-storefront", result
+    assert result["identity_client_id"] == identity["client_id"]
+    lab.assert_no_secret_in(json.dumps(result))
+
+
+def test_the_tutorials_service_account_and_deployment_carry_exactly_what_part_4_lists(lab):
+    import kubernetes
+
+    identity = run_module(lab, "azure_mi", name="mi-webapp", resource_group="rg-lab-apps")["identity"]
+    core = kubernetes.client.CoreV1Api(kube_client(lab))
+    apps = kubernetes.client.AppsV1Api(kube_client(lab))
+    account = core.read_namespaced_service_account("webapp-sa", "app-namespace")
+    assert account.metadata.annotations == {CLIENT_ID_ANNOTATION: identity["client_id"]}
+    assert account.metadata.labels == {USE_LABEL: "true"}
+    template = apps.read_namespaced_deployment("webapp", "app-namespace").spec.template
+    assert template.metadata.labels == {"app": "webapp", USE_LABEL: "true"}
+    assert not template.metadata.annotations  # the Vault Agent injector's annotations are gone (switch)
+    assert template.spec.service_account_name == "webapp-sa"
+    assert [(e.name, e.value) for e in template.spec.containers[0].env] == [
+        ("DATABASE_HOST", "sql-prod.database.windows.net"), ("DATABASE_NAME", "appdb")]
 
 
 def test_an_application_that_fails_is_reported_and_keeps_its_server_out_of_cutover(lab, tmp_path):

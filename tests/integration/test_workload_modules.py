@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from labrunner import SUBSCRIPTION, TENANT, run_module
+from labrunner import SUBSCRIPTION, automation_credential, run_module
 
 RG_AKS, CLUSTER = "rg-aks", "aks-prod"
 RG_APPS = "rg-lab-apps"
@@ -18,15 +18,10 @@ AUDIENCE = "api://AzureADTokenExchange"
 
 
 def sdk(lab, client_class):
-    from azure.identity import ClientSecretCredential
-
-    sp = json.loads((lab.state / "secrets.json").read_text())["sp-lab-automation"]
-    verify = str(lab.state / "tls" / "ca-bundle.pem")
-    credential = ClientSecretCredential(TENANT, sp["client_id"], sp["client_secret"], connection_verify=verify,
-                                        authority=f"https://127.0.0.1:{lab.base + 1}", disable_instance_discovery=True)
-    return client_class(credential, SUBSCRIPTION, base_url=f"https://127.0.0.1:{lab.base + 2}",
+    """An azure-mgmt client as the lab's automation service principal: the independent reader."""
+    return client_class(automation_credential(lab), SUBSCRIPTION, base_url=f"https://127.0.0.1:{lab.base + 2}",
                         credential_scopes=["https://management.azure.com/.default"], polling_interval=0.05,
-                        connection_verify=verify)
+                        connection_verify=str(lab.state / "tls" / "ca-bundle.pem"))
 
 
 @pytest.fixture(scope="module")
