@@ -7,6 +7,10 @@ lab issuer for the AKS server application (``topology["audiences"]["aks"]``, wha
 ``Status`` ``Unauthorized``, except anonymous ``/version``, ``/healthz``, ``/livez``, ``/readyz`` (public info).
 Authorization: any principal of the directory may do anything (Azure RBAC for Kubernetes is not emulated).
 
+Lab fault switch (no auth, loopback only, like the ARM double's ``/lab`` API): ``POST /lab/concurrent-writes``
+``{"path", "labels", "count"?}`` - the next PUTs of that object path find another writer added those labels just
+before them, so a PUT of what was read earlier is a stale 409 ``Conflict``, as with a real concurrent controller.
+
 Discovery: ``/version``, ``/api``, ``/api/v1``, ``/apis``, ``/apis/{apps,batch}``, ``/apis/apps/v1``,
 ``/apis/batch/v1``. Objects (in memory, seeded at every start from the cluster's ``manifests``, YAML relative to
 ``lab/``; ``default``, ``kube-system``, ``kube-public`` and ``kube-node-lease`` namespaces exist, each namespace has a
@@ -221,6 +225,7 @@ class KubeCluster:
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str, str], dict] = {}
         self._revision = 0
+        self._concurrent_writers: dict[str, list[dict[str, str]]] = {}  # request path -> labels, one per PUT
         self._processes: dict[str, kubelet.PodProcess] = {}  # pod uid -> its process
         self._stopping = False
         for namespace in SYSTEM_NAMESPACES:
@@ -413,9 +418,25 @@ class KubeCluster:
         return {"kind": f"{kind.kind}List", "apiVersion": kind.api_version, "metadata": {"resourceVersion": revision},
                 "items": items}
 
-    def replace(self, kind: Kind, namespace: str, name: str, body: dict, dry_run: bool = False) -> dict:
+    def add_concurrent_writer(self, path: str, labels: dict[str, str], count: int = 1) -> None:
+        """Lab fault (``POST /lab/concurrent-writes``): the next ``count`` PUTs of ``path`` find that another writer
+        added ``labels`` to the object just before them (so a PUT of what was read before is a stale 409 Conflict)."""
+        with self._lock:
+            self._concurrent_writers.setdefault(path, []).extend([dict(labels)] * count)
+
+    def _other_writer(self, kind: Kind, namespace: str, name: str, path: str) -> None:
+        writers = self._concurrent_writers.get(path)
+        if writers:
+            labels = writers.pop(0)
+            current = self._current(kind, namespace, name)
+            self._update(kind, current, self._shape(
+                kind, namespace, merge_patch(current, {"metadata": {"labels": labels}}), name), False)
+
+    def replace(self, kind: Kind, namespace: str, name: str, body: dict, dry_run: bool = False,
+                path: str = "") -> dict:
         """PUT: the whole object; a ``metadata.resourceVersion`` other than the current one is 409 ``Conflict``."""
         with self._lock:
+            self._other_writer(kind, namespace, name, path)
             current = self._current(kind, namespace, name)
             return self._update(kind, current, self._shape(kind, namespace, body, name), dry_run)
 
@@ -714,6 +735,11 @@ class KubeHandler(JsonHandler):
     def dispatch(self) -> None:
         cluster: KubeCluster = self.app
         body = self.read_body()
+        if self.route.rstrip("/") == "/lab/concurrent-writes" and self.command == "POST":
+            # The lab's fault switch (no auth; loopback only, like the ARM double's /lab API).
+            fault = json.loads(body or b"{}")
+            cluster.add_concurrent_writer(fault["path"], fault["labels"], int(fault.get("count", 1)))
+            return self.send_json(204, None)
         try:
             user = cluster.authenticate(self.headers.get("Authorization"), "/" + self.route.strip("/"))
             status, answer, headers = self.handle_api(cluster, body)
@@ -803,7 +829,7 @@ class KubeHandler(JsonHandler):
         if verb == "create":
             return 201, cluster.create(kind, namespace, self._decode(body), dry_run), {}
         if verb == "update":
-            return 200, cluster.replace(kind, namespace, name, self._decode(body), dry_run), {}
+            return 200, cluster.replace(kind, namespace, name, self._decode(body), dry_run, "/" + self.route.strip("/")), {}
         if verb == "patch":
             return 200, cluster.patch(kind, namespace, name, self.headers.get("Content-Type", ""),
                                       self._decode(body), dry_run), {}

@@ -303,13 +303,15 @@ def main():
                                         removed_annotations=removed_annotations, **view)
             result["vault_agent_annotations"] = vault_left
             result["secret_like_env"] = secret_env
+            playbook = "in migrate.yml, the switch phase with mi_switch_method: kubernetes"
             if vault_left:
-                mod.module.warn("Deployment %s/%s still has the Vault Agent injector annotations %s: its pods still get a "
-                                "Vault sidecar (remove_vault_agent removes them)" % (namespace, params["deployment"],
-                                                                                     ", ".join(vault_left)))
+                mod.module.warn("Deployment %s/%s still has the Vault Agent injector annotations %s: its pods still get "
+                                "a Vault sidecar (remove_vault_agent removes them; %s)"
+                                % (namespace, params["deployment"], ", ".join(vault_left), playbook))
             if secret_env:
-                mod.module.warn("Deployment %s/%s still sets %s: remove them (remove_env) once the application uses "
-                                "its identity" % (namespace, params["deployment"], ", ".join(secret_env)))
+                mod.module.warn("Deployment %s/%s still sets %s: remove them once the application uses its identity "
+                                "(remove_env; %s and mi_workload.remove_env)"
+                                % (namespace, params["deployment"], ", ".join(secret_env), playbook))
             diff_before["deployment"] = deployment_view(dep_before)
             diff_after["deployment"] = view
             changed = changed or dep_changed

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import random
 import re
 import shlex
 import shutil
@@ -30,19 +31,30 @@ JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+")
 RESERVED_PORTS = range(46000, 47100)
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands out to outgoing connections: a lab there can lose a port to a client between the
+    check and the bind."""
+    try:
+        low, high = map(int, pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_base(span: int = 13) -> int:
     """A port base whose ports base+1 .. base+span are all free (a whole lab: 13, OpenBao's cluster port, the two
-    Azure SQL servers, the Cosmos DB front, the Kubernetes API server and the two web workloads included)."""
-    for _attempt in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1] - 1
-        if base + span > 65000 or any(base + offset in RESERVED_PORTS for offset in range(1, span + 1)):
+    Azure SQL servers, the Cosmos DB front, the Kubernetes API server and the two web workloads included), below the
+    kernel's ephemeral range and outside the ports other labs on this machine use."""
+    ephemeral, rng = _ephemeral_ports(), random.SystemRandom()
+    for _attempt in range(200):
+        base = rng.randrange(10000, 32000)
+        ports = range(base + 1, base + span + 1)
+        if any(p in RESERVED_PORTS or p in ephemeral for p in ports):
             continue
         try:
-            for offset in range(1, span + 1):
+            for port in ports:
                 with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", base + offset))
+                    sock.bind(("127.0.0.1", port))
         except OSError:
             continue
         return base

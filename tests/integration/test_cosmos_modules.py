@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from labrunner import SUBSCRIPTION, TENANT, run_module
+from labrunner import SUBSCRIPTION, TENANT, automation_credential, run_module
 
 RG = "rg-lab-data"
 ACCOUNT = "cosmos-lab"
@@ -25,16 +25,12 @@ PG_ADMINS = "9c2d4e6f-1a3b-4c5d-8e7f-6a5b4c3d2e1f"  # a group of the lab directo
 @pytest.fixture(scope="module")
 def cosmos(lab):
     """azure-mgmt-cosmosdb as the automation service principal: the independent reader (and the "other tool")."""
-    from azure.identity import ClientSecretCredential
     from azure.mgmt.cosmosdb import CosmosDBManagementClient
 
-    sp = json.loads((lab.state / "secrets.json").read_text())["sp-lab-automation"]
-    verify = str(lab.state / "tls" / "ca-bundle.pem")
-    credential = ClientSecretCredential(TENANT, sp["client_id"], sp["client_secret"], connection_verify=verify,
-                                        authority=f"https://127.0.0.1:{lab.base + 1}", disable_instance_discovery=True)
-    return CosmosDBManagementClient(credential, SUBSCRIPTION, base_url=f"https://127.0.0.1:{lab.base + 2}",
+    return CosmosDBManagementClient(automation_credential(lab), SUBSCRIPTION,
+                                    base_url=f"https://127.0.0.1:{lab.base + 2}",
                                     credential_scopes=["https://management.azure.com/.default"], polling_interval=0.05,
-                                    connection_verify=verify)
+                                    connection_verify=str(lab.state / "tls" / "ca-bundle.pem"))
 
 
 def assignments(cosmos, principal=None):

@@ -8,11 +8,10 @@ was written anywhere in the cluster.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import json
-import threading
-import time
+import ssl
+import urllib.request
 import uuid
 
 import pytest
@@ -216,62 +215,39 @@ def conflicts(lab, path: str) -> int:
     return (lab.state / "logs" / "server.log").read_text().count(f"KubeHandler PUT {path} 409")
 
 
+def concurrent_writer(lab, path: str, label: str) -> None:
+    """Make another writer add ``label`` to the object at ``path`` just before the module's next PUT of it (the lab
+    double's fault switch), so that the module's PUT carries a stale resourceVersion."""
+    context = ssl.create_default_context(cafile=str(lab.state / "tls" / "ca.pem"))
+    request = urllib.request.Request(f"{lab.env['LAB_KUBE_SERVER']}/lab/concurrent-writes", method="POST",
+                                     data=json.dumps({"path": path, "labels": {label: "x"}}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, context=context, timeout=10):  # noqa: S310 - https only
+        pass
+
+
 def test_a_concurrent_writer_makes_conflicts_that_are_retried_and_its_labels_survive(lab, kube):
     name, account = unique("webapp-busy"), unique("busy-sa")
     core(kube).create_namespaced_service_account(NAMESPACE, {"metadata": {"name": account}})
     create_deployment(kube, name, account)
-    patchers = {f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{account}":
-                lambda patch: core(kube).patch_namespaced_service_account(account, NAMESPACE, patch),
-                f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}":
-                lambda patch: apps(kube).patch_namespaced_deployment(name, NAMESPACE, patch)}
-    stop, written, budget = threading.Event(), {path: ["example.com/writer"] for path in patchers}, {}
-
-    def other_writer():
-        """Another controller: adds a label (no resourceVersion) to an object as soon as the API server logs a read
-        of it, i.e. between the module's read and its write; at most ``budget[path]`` times per module run, so the
-        module's 5 attempts are enough. Its first writes open its connections, so that it mostly wins the race."""
-        for patch in patchers.values():
-            patch({"metadata": {"labels": {"example.com/writer": "x"}}})
-        with open(lab.state / "logs" / "server.log", encoding="utf-8") as log:
-            log.seek(0, 2)
-            line = ""
-            while not stop.is_set():
-                line += log.readline()
-                if not line.endswith("\n"):
-                    time.sleep(0.0005)
-                    continue
-                for path, patch in patchers.items():
-                    if f": GET {path} by " in line and budget.get(path):
-                        budget[path] -= 1
-                        written[path].append(f"example.com/tick-{len(written[path])}")
-                        patch({"metadata": {"labels": {written[path][-1]: "x"}}})
-                line = ""
-
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    writer = pool.submit(other_writer)
-    client_id = None
-    try:
-        for run in range(6):  # present and absent in turn (each run writes both objects), until both had a 409
-            present = run % 2 == 0
-            client_id = str(uuid.uuid4()) if present else client_id
-            budget.update(dict.fromkeys(patchers, 2))
-            result = mark(lab, service_account=account, identity_client_id=client_id, deployment=name,
-                          state="present" if present else "absent")
-            assert not result["failed"] and result["changed"], result
-            sa, deployment = read(kube, "ServiceAccount", account), read(kube, "Deployment", name)
-            assert (sa["metadata"].get("annotations") or {}).get(CLIENT_ID_ANNOTATION) == (client_id if present
-                                                                                           else None)
-            assert (sa["metadata"]["labels"].get(USE_LABEL) == "true") is present
-            assert (deployment["spec"]["template"]["metadata"]["labels"].get(USE_LABEL) == "true") is present
-            if not present and all(conflicts(lab, path) for path in patchers):
-                break
-    finally:
-        stop.set()
-        pool.shutdown()
-    writer.result()  # its own failure, if any
-    for (kind, object_name), labels in zip((("ServiceAccount", account), ("Deployment", name)), written.values()):
-        assert set(labels) <= set(read(kube, kind, object_name)["metadata"]["labels"]), f"{kind}: labels were lost"
-    assert all(conflicts(lab, path) for path in patchers), "the other writer never caused a 409"
+    paths = {("ServiceAccount", account): f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{account}",
+             ("Deployment", name): f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}"}
+    client_id = str(uuid.uuid4())
+    for run, state in enumerate(("present", "absent")):
+        before = {path: conflicts(lab, path) for path in paths.values()}
+        for path in paths.values():
+            concurrent_writer(lab, path, f"example.com/other-writer-{run}")
+        result = mark(lab, service_account=account, identity_client_id=client_id, deployment=name, state=state)
+        assert not result["failed"] and result["changed"], result
+        assert all(conflicts(lab, path) == before[path] + 1 for path in paths.values()), "no stale write was refused"
+        sa, deployment = read(kube, "ServiceAccount", account), read(kube, "Deployment", name)
+        present = state == "present"
+        assert (sa["metadata"].get("annotations") or {}).get(CLIENT_ID_ANNOTATION) == (client_id if present else None)
+        assert (sa["metadata"]["labels"].get(USE_LABEL) == "true") is present
+        assert (deployment["spec"]["template"]["metadata"]["labels"].get(USE_LABEL) == "true") is present
+        for kind, object_name in paths:  # the module re-read after the conflict: the other writer's labels survive
+            labels = read(kube, kind, object_name)["metadata"]["labels"]
+            assert {f"example.com/other-writer-{r}" for r in range(run + 1)} <= set(labels), (kind, labels)
 
 
 # --- k8s_login_check -------------------------------------------------------------------------------------------------

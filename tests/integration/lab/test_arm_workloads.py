@@ -219,7 +219,7 @@ def test_site_identity_patch_replaces_the_whole_map(control_plane):
 
 def test_site_app_settings_put_replaces_the_set(control_plane):
     web = control_plane.client(WebSiteManagementClient)
-    assert web.web_apps.list_application_settings(RG_APPS, SITE).properties == {}
+    assert web.web_apps.list_application_settings(RG_APPS, SITE).properties == {"PGUSER": "mi-storefront"}  # seeded
     web.web_apps.update_application_settings(RG_APPS, SITE, {"properties": {"AZURE_CLIENT_ID": "a", "MODE": "vault"}})
     web.web_apps.update_application_settings(RG_APPS, SITE, {"properties": {"MODE": "identity"}})
     assert web.web_apps.list_application_settings(RG_APPS, SITE).properties == {"MODE": "identity"}
