@@ -63,8 +63,10 @@ options:
     default: api://AzureADTokenExchange
   credential_name:
     description:
-      - Name of the federated identity credential. Default, C(<cluster>-<namespace>-<service account>) made to fit
-        Azure's rule (letters, digits, C(-) and C(_), 3 to 120 characters).
+      - Name of the federated identity credential. Default, C(<cluster>_<namespace>_<service account>) (one per
+        service account, Kubernetes names have no C(_)), with a hash suffix when a C(.) had to be replaced or the name
+        cut to Azure's 120 characters.
+      - A credential of that name that trusts another service account is never repointed or deleted; the module fails.
     type: str
   write_timeout:
     description: Seconds to keep retrying a write another writer's concurrent write refused (HTTP 409).
@@ -145,6 +147,7 @@ credential_count:
   type: int
 """
 
+import hashlib
 import re
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import kube
@@ -161,9 +164,21 @@ class CredentialLock(WriteLock):
 
 
 def default_credential_name(cluster, namespace, service_account):
-    """``<cluster>-<namespace>-<service account>`` with every other character made ``-``, cut to 120."""
-    name = re.sub(r"[^a-zA-Z0-9_-]", "-", "%s-%s-%s" % (cluster, namespace, service_account))
-    return name[:120]
+    """``<cluster>_<namespace>_<service account>``: one name per service account, since Kubernetes names have no
+    ``_``. When a character Azure does not allow in the name (``.``) had to be replaced, or the name cut to 120, a hash
+    of the three keeps it unique."""
+    whole = "%s_%s_%s" % (cluster, namespace, service_account)
+    if FIC_NAME.fullmatch(whole):
+        return whole
+    digest = hashlib.sha256(whole.encode("utf-8")).hexdigest()[:10]
+    return "%s-%s" % (re.sub(r"[^a-zA-Z0-9_-]", "-", whole)[:109], digest)
+
+
+def resource_name_problem(option, value):
+    """Why ``value`` cannot be an ARM resource name in a URL path (``None`` when it can)."""
+    if not value or value in (".", "..") or "/" in value or "\\" in value or len(value) > 260 or value != value.strip():
+        return "%s %r is not a resource name (non-empty, no '/', not '.' or '..', at most 260 characters)" % (option, value)
+    return None
 
 
 def is_concurrent_write(exc):
@@ -182,11 +197,15 @@ def props(credential):
             "subject": inner.get("subject"), "audiences": list(inner.get("audiences") or [])}
 
 
-def read_cluster(mod):
+def read_cluster(mod, missing_ok=False):
+    """The cluster as a REST-shaped dict; ``{}`` for a missing cluster when ``missing_ok`` (removing a credential of a
+    cluster that is gone)."""
     params = mod.params
     try:
         return as_dict(mod.clients.aks.managed_clusters.get(params["cluster_resource_group"], params["cluster_name"]))
     except Exception as exc:  # the SDK's HttpResponseError family
+        if missing_ok and status_of(exc) == 404:
+            return {}
         mod.fail("could not read AKS cluster %s in %s" % (params["cluster_name"], params["cluster_resource_group"]), exc)
     return None  # not reached
 
@@ -220,6 +239,7 @@ def enable_cluster_features(mod, cluster):
 def plan(credentials, name, issuer, subject, audience):
     """What to write: ``(action, target name, corrected)``; action is ``none``, ``create`` or ``update``.
 
+    Raises ``ValueError`` when the credential called ``name`` trusts another subject (never repointed).
     An exact (issuer, subject) match is adopted; else a near miss (trailing slash, case) is corrected; else the
     credential called ``name`` is updated; else one is created.
     """
@@ -232,8 +252,12 @@ def plan(credentials, name, issuer, subject, audience):
         chosen = next((c for c in near if c["name"] == name), near[0])
         return "update", chosen["name"], [{"name": chosen["name"], "issuer": chosen["issuer"],
                                            "subject": chosen["subject"]}]
-    if any(c["name"] == name for c in credentials):
-        return "update", name, []
+    named = next((c for c in credentials if c["name"] == name), None)
+    if named is not None:
+        if named["subject"] != subject:
+            raise ValueError("federated credential %s of this identity trusts %s, not %s: it belongs to another "
+                             "service account; give this one another credential_name" % (name, named["subject"], subject))
+        return "update", name, []  # same service account, another issuer: the cluster was recreated
     return "create", name, []
 
 
@@ -259,14 +283,16 @@ def main():
     if not FIC_NAME.fullmatch(name):
         problems.append("credential_name %r must be 3 to 120 letters, digits, '-' or '_', starting with a letter or "
                         "digit" % name)
-    if not params["audience"] or params["audience"] != params["audience"].strip():
-        problems.append("audience must be a non-empty value without surrounding spaces")
+    if not params["audience"] or re.search(r"\s", params["audience"]) or len(params["audience"]) > 600:
+        problems.append("audience must be a non-empty value without spaces, at most 600 characters")
+    problems += [resource_name_problem(option, params[option]) for option in
+                 ("cluster_name", "cluster_resource_group", "identity_name", "identity_resource_group")]
     problems = [p for p in problems if p]
     if problems:
         mod.fail("; ".join(problems))
     subject = "system:serviceaccount:%s:%s" % (params["namespace"], params["service_account"])
 
-    cluster = read_cluster(mod)
+    cluster = read_cluster(mod, missing_ok=params["state"] == "absent")
     state = cluster_state(cluster)
     before_cluster = dict(state)
     cluster_changed = False
@@ -301,8 +327,8 @@ def main():
         try:
             return [props(c) for c in msi.list(rg, identity)]
         except Exception as exc:  # the SDK's HttpResponseError family
-            if status_of(exc) == 404 and mod.check_mode:
-                return []  # an identity this check-mode run only plans to create
+            if status_of(exc) == 404 and (mod.check_mode or params["state"] == "absent"):
+                return []  # an identity this check-mode run only plans to create, or one already gone
             mod.fail("could not list the federated credentials of identity %s in %s" % (identity, rg), exc)
         return None  # not reached
 
@@ -314,7 +340,10 @@ def main():
         with CredentialLock(identity_id, params["write_timeout"]):
             credentials = list_credentials()  # read under the lock: another fork may just have written
             if params["state"] == "present":
-                action, target, corrected = plan(credentials, name, issuer, subject, params["audience"])
+                try:
+                    action, target, corrected = plan(credentials, name, issuer, subject, params["audience"])
+                except ValueError as exc:
+                    mod.fail(str(exc))
                 if action == "create" and len(credentials) >= FIC_LIMIT:
                     mod.fail("identity %s already has %d federated credentials, the most Azure allows (%d): delete "
                              "one it no longer needs (%s) before adding %s" % (
@@ -327,7 +356,13 @@ def main():
                     except Exception as exc:  # the SDK's HttpResponseError family
                         mod.fail("could not write federated credential %s on identity %s" % (target, identity), exc)
             else:
-                match = [c for c in credentials if c["name"] == name or (c["issuer"] == issuer and c["subject"] == subject)]
+                # Only a credential for this service account: by name (any issuer: the cluster may be gone), or by
+                # exact issuer and subject.
+                match = [c for c in credentials if c["subject"] == subject and (c["name"] == name or c["issuer"] == issuer)]
+                foreign = [c for c in credentials if c["name"] == name and c["subject"] != subject]
+                if foreign:
+                    mod.fail("federated credential %s of identity %s trusts %s, not %s: not deleting another service "
+                             "account's credential" % (name, identity, foreign[0]["subject"], subject))
                 if match:
                     action, target = "delete", match[0]["name"]
                     if not mod.check_mode:

@@ -221,6 +221,10 @@ def main():
         state=dict(type="str", default="present", choices=["present", "absent"]),
     ))
     params = mod.params
+    for option in ("name", "resource_group"):
+        value = params[option]
+        if not value or value in (".", "..") or "/" in value or value != value.strip():
+            mod.fail("%s %r is not a resource name (non-empty, no '/', not '.' or '..')" % (option, value))
     wanted = []
     for value in params["identity_ids"]:
         if value == KNOWN_AFTER_APPLY and mod.check_mode:
@@ -285,7 +289,9 @@ def main():
 
     settings_changed = False
     if params["client_id_app_setting"]:
-        settings_changed = set_client_id_setting(mod, workload, wanted[0])
+        settings_changed = set_client_id_setting(mod, workload, wanted[0], changed, added)
+    if removed and isinstance(workload, AppService):
+        warn_stale_client_id(mod, workload, [attached[v.lower()][1] for v in removed])
 
     before = {"type": current_type, "userAssignedIdentities": sorted((v[0] for v in attached.values()), key=str.lower)}
     after = {"type": new_type, "userAssignedIdentities": after_ids}
@@ -293,8 +299,22 @@ def main():
              user_assigned_identities=after_ids, added=added, removed=removed, app_settings_changed=settings_changed)
 
 
-def set_client_id_setting(mod, workload, identity_id):
-    """Write ``AZURE_CLIENT_ID`` = the identity's client id among the app's settings; True when it changes."""
+def warn_stale_client_id(mod, workload, client_ids):
+    """Warn when the app setting ``AZURE_CLIENT_ID`` names an identity this run detached."""
+    try:
+        named = workload.settings().get(CLIENT_ID_SETTING, "")
+    except Exception:  # pylint: disable=broad-except
+        # a warning only: the detach itself succeeded
+        return
+    if named and named.lower() in [(c or "").lower() for c in client_ids]:
+        mod.module.warn("the app setting %s of App Service app %s still names the identity this run detached (%s): "
+                        "DefaultAzureCredential in the app will fail until it names an attached identity"
+                        % (CLIENT_ID_SETTING, mod.params["name"], named))
+
+
+def set_client_id_setting(mod, workload, identity_id, attached_changed, added):
+    """Write ``AZURE_CLIENT_ID`` = the identity's client id among the app's settings; True when it changes.
+    A failure says whether the identity was attached by this run already (nothing is silent)."""
     if identity_id == KNOWN_AFTER_APPLY:
         return True
     parts = parse_resource_id(identity_id)
@@ -313,8 +333,10 @@ def set_client_id_setting(mod, workload, identity_id):
             settings[CLIENT_ID_SETTING] = client_id
             workload.write_settings(settings)
     except Exception as exc:  # the SDK's HttpResponseError family
-        mod.fail("could not set the %s app setting of App Service app %s" % (CLIENT_ID_SETTING, mod.params["name"]),
-                 exc)
+        done = "; the identity was attached by this run already" if attached_changed and not mod.check_mode else ""
+        mod.fail("could not set the %s app setting of App Service app %s%s" % (
+            CLIENT_ID_SETTING, mod.params["name"], done), exc, changed=attached_changed and not mod.check_mode,
+            added=added)
     return True
 
 

@@ -48,7 +48,10 @@ options:
     type: str
     default: python3
   environment:
-    description: Extra environment variables of the Job's container (for example a CA bundle path). No secrets.
+    description:
+      - Extra environment variables of the Job's container (for example a CA bundle path). No secrets.
+      - C(AZURE_CLIENT_ID), C(AZURE_TENANT_ID), C(AZURE_FEDERATED_TOKEN_FILE), C(AZURE_AUTHORITY_HOST) (the webhook's)
+        and this module's own C(MI_LOGIN_CHECK_ARGS) and C(MI_PYTHON) are refused.
     type: dict
     default: {}
   timeout:
@@ -108,6 +111,9 @@ MODULE = "ansible_collections.csa_inabox.managed_identity.plugins.modules.mi_log
 # The arguments travel in an environment variable (they hold no secret) and become the module's arguments file.
 SCRIPT = 'f=$(mktemp) && printf "%s" "$MI_LOGIN_CHECK_ARGS" > "$f" && exec "$MI_PYTHON" -m ' + MODULE + ' "$f"'
 POLL_S = 0.5
+# What the Job's environment must get from this module and from the webhook only: the check proves what they give.
+RESERVED_ENV = frozenset({"MI_LOGIN_CHECK_ARGS", "MI_PYTHON", "AZURE_CLIENT_ID", "AZURE_TENANT_ID",
+                          "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"})
 
 
 def job_body(params):
@@ -170,6 +176,10 @@ def main():
     params = mod.params
     problems = [kube.name_problem("namespace", params["namespace"], label=True),
                 kube.name_problem("service_account", params["service_account"])]
+    reserved = sorted(set(params["environment"]) & RESERVED_ENV)
+    if reserved:
+        problems.append("environment: %s are set by this module or by the workload identity webhook, not by the "
+                        "caller" % ", ".join(reserved))
     if "client_id" in params["login_check"]:
         problems.append("login_check.client_id: leave it out, the check must use the client id the webhook injects "
                         "from the service account's annotation, as the application does")
@@ -212,8 +222,9 @@ def main():
         mod.fail("Job %s/%s printed no mi_login_check result; the end of its log: %s" % (
             namespace, name, (log or "(empty)")[-600:]), job=info)
     if result.get("failed"):
+        extra = {"remedy": result["remedy"]} if result.get("remedy") else {}
         mod.fail("as service account %s/%s: %s" % (namespace, params["service_account"], result.get("msg")),
-                 job=info, login=result, remedy=result.get("remedy"))
+                 job=info, login=result, **extra)
     for key in ("invocation", "changed", "failed", "warnings", "deprecations"):
         result.pop(key, None)
     mod.exit(False, job=info, **result)

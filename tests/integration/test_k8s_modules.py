@@ -335,6 +335,12 @@ def test_login_check_plans_in_check_mode_and_refuses_a_client_id_or_a_missing_ac
     assert plan["job"]["name"] is None
     refused = login_check(lab, login_env, "webapp-sa", expected_user="mi-webapp", client_id=str(uuid.uuid4()))
     assert refused["failed"] and "login_check.client_id" in refused["msg"], refused
+    for name in ("AZURE_CLIENT_ID", "MI_LOGIN_CHECK_ARGS"):
+        hijack = run_module(lab, "k8s_login_check", cluster_name=CLUSTER, cluster_resource_group=RG_AKS,
+                            namespace=NAMESPACE, service_account="webapp-sa", image="img",
+                            login_check={"database_type": "sql", "host": "localhost", "database": "appdb"},
+                            environment={name: str(uuid.uuid4())})
+        assert hijack["failed"] and name in hijack["msg"] and "not by the caller" in hijack["msg"], hijack
     missing = login_check(lab, login_env, unique("no-such-sa"), expected_user="mi-webapp")
     assert missing["failed"] and "does not exist" in missing["msg"], missing
     assert revision(kube) == before and jobs(kube) == []

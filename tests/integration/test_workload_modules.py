@@ -74,7 +74,7 @@ def test_federation_turns_the_issuer_on_once_and_uses_its_exact_url(lab, msi):
     assert issuer.endswith("/") and done["issuer"] == issuer
     assert cluster.security_profile.workload_identity.enabled
     assert credentials(msi, mi["name"]) == {
-        "aks-prod-app-namespace-webapp-sa": (issuer, "system:serviceaccount:app-namespace:webapp-sa", [AUDIENCE])}
+        "aks-prod_app-namespace_webapp-sa": (issuer, "system:serviceaccount:app-namespace:webapp-sa", [AUDIENCE])}
     assert restarts(lab) == 1 and done["credential_count"] == 1
 
     before = writes(lab)
@@ -141,12 +141,30 @@ def test_parallel_runs_on_one_identity_all_land(lab, msi):
     assert subjects == [f"system:serviceaccount:app-namespace:{sa}" for sa in accounts]
 
 
+def test_another_service_accounts_credential_is_neither_repointed_nor_deleted(lab, msi):
+    issuer_url(lab)
+    mi = identity(lab)
+    first = federation(lab, identity_name=mi["name"], credential_name="shared-name", service_account="first-sa")
+    assert first["changed"] and not first["failed"], first
+    before = writes(lab)
+    for state in ("present", "absent"):
+        refused = federation(lab, identity_name=mi["name"], credential_name="shared-name", service_account="other-sa",
+                             state=state)
+        assert refused["failed"] and "system:serviceaccount:app-namespace:first-sa" in refused["msg"], refused
+    assert writes(lab) == before
+    assert [s for _i, s, _a in credentials(msi, mi["name"]).values()] == ["system:serviceaccount:app-namespace:first-sa"]
+    gone = federation(lab, identity_name="mi-never-created", state="absent")
+    assert not gone["failed"] and not gone["changed"], gone
+
+
 def test_federation_refuses_bad_names_without_writing(lab):
     mi = identity(lab)
     before = writes(lab)
     for args in ({"namespace": "App_Namespace"}, {"service_account": "sa;drop"}, {"service_account": "x" * 254},
-                 {"credential_name": "-bad"}, {"credential_name": "a b"}, {"audience": " api://x "}):
-        refused = federation(lab, identity_name=mi["name"], **args)
+                 {"credential_name": "-bad"}, {"credential_name": "a b"}, {"audience": " api://x "},
+                 {"audience": "api://a b"}, {"audience": "x" * 601}, {"identity_name": ".."}, {"cluster_name": ""},
+                 {"identity_resource_group": "rg/x"}):
+        refused = federation(lab, **dict({"identity_name": mi["name"]}, **args))
         assert refused["failed"], (args, refused)
     assert writes(lab) == before
 
@@ -195,3 +213,5 @@ def test_app_service_client_id_setting_keeps_the_other_settings(lab):
     assert not again["changed"] and not again["app_settings_changed"]
     refused = attach(lab, "vm", "vm-orders", [mi["id"]], client_id_app_setting=True)
     assert refused["failed"] and "App Service" in refused["msg"]
+    detached = attach(lab, "app_service", "app-storefront", [mi["id"]], state="absent")
+    assert detached["changed"] and "still names the identity this run detached" in json.dumps(detached["warnings"])

@@ -51,11 +51,21 @@ def test_our_name_pointing_elsewhere_is_updated():
     assert aks_federation.plan([stale], "mine", ISSUER, SUBJECT, AUDIENCE) == ("update", "mine", [])
 
 
-def test_default_credential_names_fit_azures_rule():
+def test_default_credential_names_fit_azures_rule_and_never_collide():
     assert aks_federation.default_credential_name("aks-prod", "app-namespace", "webapp-sa") == \
-        "aks-prod-app-namespace-webapp-sa"
+        "aks-prod_app-namespace_webapp-sa"
     name = aks_federation.default_credential_name("aks.prod", "ns", "sa.with.dots" + "x" * 200)
     assert aks_federation.FIC_NAME.fullmatch(name) and len(name) == 120
+    pairs = [("team-a", "api"), ("team", "a-api"), ("ns", "web.app"), ("ns", "web-app"),
+             ("ns", "a" * 200 + "b"), ("ns", "a" * 200 + "c")]
+    names = [aks_federation.default_credential_name("aks-prod", ns, sa) for ns, sa in pairs]
+    assert len(set(names)) == len(names) and all(aks_federation.FIC_NAME.fullmatch(n) for n in names)
+
+
+def test_a_credential_of_that_name_for_another_service_account_is_never_repointed():
+    other = credential("mine", subject="system:serviceaccount:team-a:api")
+    with pytest.raises(ValueError, match="belongs to another service account"):
+        aks_federation.plan([other], "mine", ISSUER, SUBJECT, AUDIENCE)
 
 
 @pytest.mark.parametrize("kind, value, label, ok", [
