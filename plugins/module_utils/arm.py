@@ -76,6 +76,14 @@ def resource_id(subscription_id, resource_group, namespace, resource_type, name)
         subscription_id, resource_group, namespace, resource_type, name)
 
 
+def resource_name_problem(option, value):
+    """Why ``value`` cannot be an ARM resource name in a URL path (``None`` when it can): empty, ``.``, ``..``, a
+    ``/`` or ``\\``, surrounding spaces, or over 260 characters."""
+    if not value or value in (".", "..") or "/" in value or "\\" in value or len(value) > 260 or value != value.strip():
+        return "%s %r is not a resource name (non-empty, no '/', not '.' or '..', at most 260 characters)" % (option, value)
+    return None
+
+
 def parse_resource_id(value):
     """Split an ARM resource id into a dict (subscription, group, namespace, type, name, rest); None if not one."""
     match = _RESOURCE_ID.fullmatch(value or "")

@@ -151,7 +151,7 @@ import hashlib
 import re
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import kube
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict, resource_name_problem
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.locks import WriteLock, retry, status_of
 
@@ -172,13 +172,6 @@ def default_credential_name(cluster, namespace, service_account):
         return whole
     digest = hashlib.sha256(whole.encode("utf-8")).hexdigest()[:10]
     return "%s-%s" % (re.sub(r"[^a-zA-Z0-9_-]", "-", whole)[:109], digest)
-
-
-def resource_name_problem(option, value):
-    """Why ``value`` cannot be an ARM resource name in a URL path (``None`` when it can)."""
-    if not value or value in (".", "..") or "/" in value or "\\" in value or len(value) > 260 or value != value.strip():
-        return "%s %r is not a resource name (non-empty, no '/', not '.' or '..', at most 260 characters)" % (option, value)
-    return None
 
 
 def is_concurrent_write(exc):

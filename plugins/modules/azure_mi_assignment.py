@@ -123,7 +123,7 @@ app_settings_changed:
   type: bool
 """
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict, parse_resource_id
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict, parse_resource_id, resource_name_problem
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.locks import status_of
 
@@ -221,10 +221,9 @@ def main():
         state=dict(type="str", default="present", choices=["present", "absent"]),
     ))
     params = mod.params
-    for option in ("name", "resource_group"):
-        value = params[option]
-        if not value or value in (".", "..") or "/" in value or value != value.strip():
-            mod.fail("%s %r is not a resource name (non-empty, no '/', not '.' or '..')" % (option, value))
+    problems = [p for p in (resource_name_problem(o, params[o]) for o in ("name", "resource_group")) if p]
+    if problems:
+        mod.fail("; ".join(problems))
     wanted = []
     for value in params["identity_ids"]:
         if value == KNOWN_AFTER_APPLY and mod.check_mode:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import auth, diagnose, kube
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import arm, auth, diagnose, kube
 from ansible_collections.csa_inabox.managed_identity.plugins.modules import aks_federation, k8s_login_check
 from ansible_collections.csa_inabox.managed_identity.plugins.modules import k8s_workload_identity as wi
 
@@ -177,3 +177,13 @@ def test_federation_failures_carry_their_remedy():
     assert "trailing slash" in diagnose.remedy("AADSTS70021: No matching federated identity record found")
     assert "azure.workload.identity/use" in diagnose.remedy(
         "WorkloadIdentityCredential authentication unavailable. AZURE_FEDERATED_TOKEN_FILE is missing")
+
+
+@pytest.mark.parametrize("value, ok", [("vm-orders", True), ("aks_prod.1", True), ("", False), (".", False),
+                                       ("..", False), ("a/b", False), ("a\\b", False), (" vm", False),
+                                       ("x" * 261, False), ("ünï-app", True)])
+def test_resource_names_that_cannot_go_in_an_arm_path_are_refused(value, ok):
+    problem = arm.resource_name_problem("name", value)
+    assert (problem is None) == ok
+    if not ok:
+        assert problem.startswith("name ") and "not a resource name" in problem
