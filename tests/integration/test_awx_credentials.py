@@ -45,4 +45,3 @@ def test_awx_credential_secret_is_the_one_used(lab, service_principal):
     assert result["failed"]
     assert wrong not in json.dumps(result)
     assert "AADSTS7000215" in result["msg"], result["msg"]  # Entra: invalid client secret
-        result["msg"]
