@@ -21,10 +21,21 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   ``retry-after-ms``, then the SDK's final GET) of ``properties.authConfig`` and ``tags``.
 * ``flexibleServers/{s}/administrators/{objectId}``: PUT (202), GET (``name`` is the ``principalName``),
   list, DELETE (202, or 204 when absent). The real PostgreSQL follows through :class:`PostgresHooks`.
+* Read replicas (topology ``postgres_servers[].replicas``): servers with ``replicationRole: AsyncReplica`` and
+  ``sourceServerResourceId`` (their primary says ``Primary``), listed by ``GET flexibleServers/{s}/replicas``. A
+  replica's ``authConfig`` is its own (Microsoft: "Authentication method: Adjustable" after creation); its Entra
+  admins are its primary's, since the roles they are replicate from it (a lab reading: writing them on a replica is
+  refused with the lab code ``OperationNotSupportedOnReadReplica``). A replica has no PostgreSQL of its own in the
+  lab: nothing logs in to it.
 * ``Microsoft.Sql/servers``: GET (``properties.administrators`` shows the Entra admin and the Entra-only flag), list.
 * ``servers/{s}/administrators/ActiveDirectory``: PUT (202 + ``Azure-AsyncOperation``, then the SDK's final GET),
   GET (404 when there is none), DELETE (202, or 204 when absent; 400 ``InvalidServerAzureADAdminDeleteOperation``
   while Entra-only authentication is on). One admin per server; ``principalType`` comes from the lab directory.
+* Failover groups (topology ``sql_servers[].failover_group``: ``name``, ``partner``): the partner is a logical server
+  of its own (ARM only: it has no TDS endpoint in the lab), and ``GET servers/{s}/failoverGroups`` lists the group
+  from either side (``replicationRole``, ``partnerServers``, ``databases``). Its Entra admin and Entra-only setting are
+  its own, as in Azure ("the Microsoft Entra administrator must be configured for both the primary and the secondary
+  servers"); no failover, no group writes.
 * ``servers/{s}/azureADOnlyAuthentications/Default``: PUT (202 as above; ``true`` without an admin is 400
   ``InvalidServerAADOnlyAuthNoAADAdminPropertyName``), GET.
 * ``Microsoft.DocumentDB/databaseAccounts`` (Cosmos DB for NoSQL): GET, list, PATCH of ``properties.disableLocalAuth``
@@ -309,26 +320,21 @@ class ArmState:
                     i["id"]: self._identity_ref(i) for i in attached}}
             self._store(body)
         for server in topo.get("postgres_servers", []):
-            self._store({
-                "id": self._id(server["resource_group"], PG, server["name"]), "name": server["name"], "type": PG,
-                "location": location, "tags": {},
-                "sku": {"name": "Standard_D2ds_v5", "tier": "GeneralPurpose"},
-                "properties": {
-                    "administratorLogin": server["administrator_login"], "version": str(server["version"]),
-                    "state": "Ready", "fullyQualifiedDomainName": "localhost",
-                    "storage": {"storageSizeGB": 32}, "network": {"publicNetworkAccess": "Enabled"},
-                    "highAvailability": {"mode": "Disabled"},
-                    "authConfig": {"activeDirectoryAuth": "Disabled", "passwordAuth": "Enabled",
-                                   "tenantId": self.tenant_id}}})
+            primary_id = self._id(server["resource_group"], PG, server["name"])
+            replicas = server.get("replicas") or []
+            self._store(self._pg_body(primary_id, server, location, "Primary" if replicas else "None"))
+            for replica in replicas:
+                self._store(self._pg_body(self._id(replica.get("resource_group", server["resource_group"]), PG,
+                                                   replica["name"]),
+                                          dict(server, name=replica["name"]), location, "AsyncReplica", primary_id))
         for server in topo.get("sql_servers", []):
-            # No Entra admin: ``properties.administrators`` is absent (so Entra-only authentication is off).
-            self._store({
-                "id": self._id(server["resource_group"], SQL, server["name"]), "name": server["name"], "type": SQL,
-                "location": location, "kind": "v12.0", "tags": {},
-                "properties": {
-                    "administratorLogin": server["administrator_login"], "version": "12.0", "state": "Ready",
-                    "fullyQualifiedDomainName": server.get("fully_qualified_domain_name", "localhost"),
-                    "publicNetworkAccess": "Enabled", "minimalTlsVersion": "1.2"}})
+            self._store(self._sql_body(server, location))
+            group = server.get("failover_group")
+            if group:
+                partner = dict(server, resource_group=group.get("resource_group", server["resource_group"]),
+                               name=group["partner"])
+                self._store(self._sql_body(partner, group.get("location", location)))
+                self._seed_failover_group(group["name"], server, partner, location, group.get("location", location))
         for account in topo.get("cosmos_accounts", []):
             self._seed_cosmos(account, location)
         for cluster in topo.get("aks_clusters", []):
@@ -339,6 +345,58 @@ class ArmState:
             self._seed_site(site, location)
         for app in topo.get("container_apps", []):
             self._seed_container_app(app, location)
+
+    def _sql_body(self, server: dict, location: str) -> dict:
+        """A logical server without an Entra admin: ``properties.administrators`` is absent (Entra-only is off)."""
+        return {
+            "id": self._id(server["resource_group"], SQL, server["name"]), "name": server["name"], "type": SQL,
+            "location": location, "kind": "v12.0", "tags": {},
+            "properties": {
+                "administratorLogin": server["administrator_login"], "version": "12.0", "state": "Ready",
+                "fullyQualifiedDomainName": server.get("fully_qualified_domain_name", "localhost"),
+                "publicNetworkAccess": "Enabled", "minimalTlsVersion": "1.2"}}
+
+    def _seed_failover_group(self, name: str, primary: dict, secondary: dict, primary_location: str,
+                             secondary_location: str) -> None:
+        """A failover group between two servers, as each of them lists it (``servers/{s}/failoverGroups``)."""
+        primary_id = self._id(primary["resource_group"], SQL, primary["name"])
+        secondary_id = self._id(secondary["resource_group"], SQL, secondary["name"])
+        databases = [f"{primary_id}/databases/{db}" for db in primary.get("databases") or {}]
+        for own_id, role, location, partner_id, partner_role, partner_location in (
+                (primary_id, "Primary", primary_location, secondary_id, "Secondary", secondary_location),
+                (secondary_id, "Secondary", secondary_location, primary_id, "Primary", primary_location)):
+            self._store({
+                "id": f"{own_id}/failoverGroups/{name}", "name": name, "type": SQL + "/failoverGroups",
+                "location": location, "tags": {},
+                "properties": {
+                    "readWriteEndpoint": {"failoverPolicy": "Manual"}, "readOnlyEndpoint": {"failoverPolicy": "Disabled"},
+                    "replicationRole": role, "replicationState": "CATCH_UP",
+                    "partnerServers": [{"id": partner_id, "location": partner_location,
+                                        "replicationRole": partner_role}],
+                    "databases": databases}})
+
+    def sql_failover_groups(self, rg: str, server_name: str) -> list[dict]:
+        """``GET .../servers/{s}/failoverGroups``."""
+        with self._lock:
+            server = self._require(rg, SQL, server_name)
+            prefix = server["id"].lower() + "/failovergroups/"
+            return [copy.deepcopy(r) for k, r in self._resources.items() if k.startswith(prefix)]
+
+    def _pg_body(self, server_id: str, server: dict, location: str, role: str, source_id: str = "") -> dict:
+        """A flexible server with password authentication only; ``role`` is its ``replicationRole`` (``None``,
+        ``Primary`` or ``AsyncReplica``, then ``sourceServerResourceId`` names its primary)."""
+        return {
+            "id": server_id, "name": server["name"], "type": PG, "location": location, "tags": {},
+            "sku": {"name": "Standard_D2ds_v5", "tier": "GeneralPurpose"},
+            "properties": {
+                "administratorLogin": server["administrator_login"], "version": str(server["version"]),
+                "state": "Ready", "fullyQualifiedDomainName": "localhost",
+                "storage": {"storageSizeGB": 32}, "network": {"publicNetworkAccess": "Enabled"},
+                "highAvailability": {"mode": "Disabled"},
+                "replicationRole": role, "replicaCapacity": 0 if source_id else 5,
+                "authConfig": {"activeDirectoryAuth": "Disabled", "passwordAuth": "Enabled",
+                               "tenantId": self.tenant_id},
+                **({"sourceServerResourceId": source_id} if source_id else {})}}
 
     def _seed_cosmos(self, account: dict, location: str) -> None:
         """A Cosmos DB for NoSQL account with key authentication on, and its databases and containers."""
@@ -995,8 +1053,26 @@ class ArmState:
             return self._operation(base_url, api_version)
 
     def _admins(self, server: dict) -> list[dict]:
-        prefix = server["id"].lower() + "/administrators/"
+        """The server's Entra admins; a read replica's are its primary's (its roles are replicated physically)."""
+        source = server["properties"].get("sourceServerResourceId")
+        prefix = (source or server["id"]).lower() + "/administrators/"
         return [r for k, r in self._resources.items() if k.startswith(prefix)]
+
+    def pg_replicas(self, rg: str, server_name: str) -> list[dict]:
+        """``GET .../flexibleServers/{s}/replicas``: the servers whose ``sourceServerResourceId`` is this one."""
+        with self._lock:
+            server = self._require(rg, PG, server_name)
+            return [copy.deepcopy(r) for r in self._resources.values()
+                    if r["type"] == PG and (r["properties"].get("sourceServerResourceId") or "").lower()
+                    == server["id"].lower()]
+
+    def _refuse_admin_write_on_replica(self, server: dict) -> None:
+        source = server["properties"].get("sourceServerResourceId")
+        if source:
+            raise ArmError(400, "OperationNotSupportedOnReadReplica",
+                           f"Server '{server['name']}' is a read replica: its Microsoft Entra administrators are "
+                           f"those of its primary '{source.rsplit('/', 1)[-1]}' (roles are replicated from it). "
+                           "Add or remove them on the primary.")
 
     def pg_admin_list(self, rg: str, server_name: str) -> list[dict]:
         with self._lock:
@@ -1014,7 +1090,8 @@ class ArmState:
     def pg_admin_get(self, rg: str, server_name: str, object_id: str) -> dict:
         with self._lock:
             server = self._require_parent(rg, server_name)
-            admin = self._get(f"{server['id']}/administrators/{object_id}")
+            owner = server["properties"].get("sourceServerResourceId") or server["id"]
+            admin = self._get(f"{owner}/administrators/{object_id}")
             if admin is None:
                 raise _not_found(PG_ADMIN, f"{server['name']}/{object_id}", rg)
             return copy.deepcopy(admin)
@@ -1033,6 +1110,7 @@ class ArmState:
                            f"The objectId '{props['objectId']}' in the body does not match '{object_id}' in the URL.")
         with self._lock:
             server = self._require_parent(rg, server_name)
+            self._refuse_admin_write_on_replica(server)
             if server["properties"]["authConfig"]["activeDirectoryAuth"] != "Enabled":
                 raise ArmError(400, "EntraAuthDisabled",
                                f"Microsoft Entra authentication is not enabled on server '{server['name']}': enable "
@@ -1057,6 +1135,7 @@ class ArmState:
         """The 202's headers, or ``None`` (204) when there was no such admin."""
         with self._lock:
             server = self._require_parent(rg, server_name)
+            self._refuse_admin_write_on_replica(server)
             key = f"{server['id']}/administrators/{object_id}".lower()
             if key not in self._resources:
                 return None
@@ -1645,8 +1724,12 @@ class ArmHandler(JsonHandler):
             return self.resource(state, method, rg, type_, name, body, base_url, api)
         if type_ == MI and seg[8] == FIC.lower() and len(seg) in (9, 10):
             return self.fic(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url)
+        if type_ == PG and seg[8:] == ["replicas"] and method == "GET":
+            return 200, {"value": state.pg_replicas(rg, name)}, {}
         if type_ == PG and seg[8] == "administrators" and len(seg) in (9, 10):
             return self.pg_admin(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url, api)
+        if type_ == SQL and seg[8:] == ["failovergroups"] and method == "GET":
+            return 200, {"value": state.sql_failover_groups(rg, name)}, {}
         sql_children = (["administrators", "activedirectory"], ["azureadonlyauthentications", "default"])
         if type_ == SQL and len(seg) == 10 and seg[8:] in sql_children:
             return self.sql_child(state, method, rg, name, seg[8], body, base_url, api)
