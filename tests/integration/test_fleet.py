@@ -5,7 +5,8 @@ over, and ``migrate.yml`` killed at three points (identity, grant, cutover) conv
 The tests of this module run in order on one lab (pytest keeps a file's tests in order; ``--dist loadfile`` keeps
 them on one worker), each one continuing the story of the one before:
 
-1. run 1, killed (SIGKILL of its process group) in the identity phase, some attachments done;
+1. run 1, killed (SIGKILL of ansible-playbook and every process under it) in the identity phase, some attachments
+   done;
 2. run 2, killed (SIGTERM) in the grant phase, some PostgreSQL principals made and others on their way;
 3. run 3, killed (SIGKILL) in cutover, one server switched and the others not yet;
 4. run 4 runs to the end: ``fleet-005-pg``'s verify fails with PostgreSQL's "permission denied" (its grant is taken
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 import re
 import signal
 import sqlite3
@@ -73,6 +75,27 @@ def recap(output: str) -> dict:
             for host, _ok, c, u, f in RECAP.findall(output)}
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (Ansible's workers start sessions of their own: a process group is not enough)."""
+    children: dict[int, list[int]] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def kill_tree(pids: list[int], sig) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
 def migrate(lab, fleet, name: str, kill_when=None, sig=signal.SIGKILL) -> tuple[int, str]:
     """Run ``migrate.yml`` on the fleet, watching its output; ``kill_when(role, line, state)`` returning True kills its
     whole process group with ``sig``. Returns the exit status and the output; records the wall time as ``name``."""
@@ -81,7 +104,7 @@ def migrate(lab, fleet, name: str, kill_when=None, sig=signal.SIGKILL) -> tuple[
     process = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", fleet["inventory"], "playbooks/migrate.yml"],
                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
-    lines, state, killed = [], {"role": None, "changed": {}}, False
+    lines, state, killed, tree = [], {"role": None, "changed": {}}, False, []
     try:
         for line in process.stdout:
             lines.append(line)
@@ -91,13 +114,16 @@ def migrate(lab, fleet, name: str, kill_when=None, sig=signal.SIGKILL) -> tuple[
             elif line.startswith("changed: [") and state["role"]:
                 state["changed"][state["role"]] = state["changed"].get(state["role"], 0) + 1
             if kill_when and not killed and kill_when(state["role"], line, state):
-                os.killpg(process.pid, sig)
+                tree = process_tree(process.pid)
+                kill_tree(tree, sig)
                 killed = True
         status = process.wait(timeout=900)
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            tree = process_tree(process.pid)
+            kill_tree(tree, signal.SIGKILL)
             process.wait()
+        kill_tree(tree[1:], signal.SIGKILL)  # a worker that outlived its controller would wait forever
     TIMINGS[name] = time.monotonic() - started
     output = "".join(lines)
     lab.assert_no_secret_in(output)
