@@ -82,7 +82,8 @@ and an ``api-version`` (any value). Ids compare case-insensitively. Errors use A
 saved to ``paths().arm_state`` after every write.
 
 Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /lab/counters/reset``,
-``GET|POST|DELETE /lab/faults``, ``GET /lab/state``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
+``GET|POST|DELETE /lab/faults``, ``GET|POST|DELETE /lab/grant-faults`` (grants the PostgreSQL server takes away
+from a role at its logins, see :meth:`ArmState.add_grant_fault`), ``GET /lab/state``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
 ``lastRestart``: what a test can check about an AKS cluster that ARM does not show).
 
 Not emulated: Azure RBAC (any valid token may do anything), locks, policy, tags-only PATCH of identities,
@@ -284,6 +285,7 @@ class ArmState:
         self._resources: dict[str, dict] = {}  # lower-case id -> the resource as GET returns it
         self._operations: dict[str, dict] = {}
         self._faults: list[dict] = []
+        self._grant_faults: list[dict] = []
         self._fic_writes: dict[str, float] = {}  # identity id -> when its last credential write was accepted
         self.reset_counters()
         if paths.arm_state.exists():
@@ -759,6 +761,28 @@ class ArmState:
     def faults(self) -> list[dict]:
         with self._lock:
             return copy.deepcopy(self._faults)
+
+    def add_grant_fault(self, spec: dict) -> dict:
+        """A grant removed in the database, as by a DBA or a drift tool between the grant phase and verify: at every
+        token login of ``role`` on PostgreSQL server ``server``, before its session opens, the server revokes the
+        role's privileges on the tables of ``schema`` (every schema of the database the session opens when absent),
+        so that its queries fail with PostgreSQL's own ``permission denied for table ...``. Lasts until the faults
+        are cleared. ``KeyError`` without ``server`` or ``role``."""
+        fault = {"id": str(uuid.uuid4()), "server": str(spec["server"]), "role": str(spec["role"]),
+                 "schema": spec.get("schema")}
+        with self._lock:
+            self._grant_faults.append(fault)
+        return fault
+
+    def clear_grant_faults(self) -> None:
+        with self._lock:
+            self._grant_faults.clear()
+
+    def grant_faults(self, server: str | None = None, role: str | None = None) -> list[dict]:
+        """The grant faults (:meth:`add_grant_fault`), those of one server and role when given."""
+        with self._lock:
+            return [dict(fault) for fault in self._grant_faults
+                    if server in (None, fault["server"]) and role in (None, fault["role"])]
 
     def take_fault(self, method: str, path: str) -> ArmError | None:
         """The error to answer instead of serving this request, when an injected fault matches (uses it up)."""
@@ -1898,6 +1922,17 @@ class ArmHandler(JsonHandler):
                     return 201, state.add_fault(json.loads(body or b"{}"))
                 except (ValueError, KeyError, re.error) as exc:
                     return 400, {"error": {"code": "InvalidFault", "message": f"Bad fault spec: {exc!r}"}}
+        if route == "/lab/grant-faults":
+            if method == "GET":
+                return 200, {"value": state.grant_faults()}
+            if method == "DELETE":
+                state.clear_grant_faults()
+                return 200, {"value": []}
+            if method == "POST":
+                try:
+                    return 201, state.add_grant_fault(json.loads(body or b"{}"))
+                except (ValueError, KeyError, TypeError) as exc:
+                    return 400, {"error": {"code": "InvalidFault", "message": f"Bad grant fault spec: {exc!r}"}}
         if route == "/lab/state" and method == "GET":
             return 200, state.dump()
         if route.startswith("/lab/aks/") and method == "GET":
