@@ -10,19 +10,21 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.csa_inabox.managed_identity.plugins.plugin_utils import inventory
 
 
+# The options of plugins/modules/inventory_check.py (its documentation).
+ARGUMENT_SPEC = dict(hosts=dict(type="list", elements="str"))
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _supports_check_mode = True
-    _VALID_ARGS = frozenset(("hosts",))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        hosts = self._task.args.get("hosts")
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        hosts = args.get("hosts")
         if hosts is None:
             hosts = task_vars.get("ansible_play_hosts_all") or []
-        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-            return dict(result, failed=True, msg="hosts: expected a list of inventory host names")
         hostvars = task_vars["hostvars"]
         schema = inventory.load_schema()
         names = inventory.variable_names(schema)

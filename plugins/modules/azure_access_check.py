@@ -82,10 +82,14 @@ EXAMPLES = r"""
           - Microsoft.Sql/servers/azureADOnlyAuthentications/write
         purpose: database servers
 
-- name: Check every scope the migration writes (from the inventory check)
+- name: Before decommissioning identities, may they be deleted, and does no lock (CanNotDelete included) refuse it?
   csa_inabox.managed_identity.azure_access_check:
-    scopes: "{{ mi_inventory.write_scopes }}"
-  run_once: true
+    scopes:
+      - resource_group: rg-apps
+        actions: [Microsoft.ManagedIdentity/userAssignedIdentities/delete]
+        deletes: true
+        purpose: identities
+  register: access
 """
 
 RETURN = r"""
