@@ -76,6 +76,10 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   then the SDK's final GET) with the same strict ``identity`` replace; a template change makes a new revision name.
   The container env lives in ``properties.template.containers[].env``.
 * ``/subscriptions/{s}/providers/{ns}/locations/{l}/azureAsyncOperation|operationResults/{id}``: operation status.
+* ``{resource group or resource}/providers/Microsoft.Authorization/permissions`` (the caller's roles' ``actions`` and
+  ``notActions``, one entry per role assignment at the scope or above) and ``.../locks`` (the locks at, above and
+  below the scope), GET only; writes under a ``ReadOnly`` lock, and deletes under any lock, get 409 ``ScopeLocked``.
+  See :mod:`azurelab.rbac`.
 
 Every request needs a lab bearer token for the ``resource_manager`` audience (401 ``InvalidAuthenticationToken``)
 and an ``api-version`` (any value). Ids compare case-insensitively. Errors use ARM's envelope and codes. State is
@@ -83,10 +87,12 @@ saved to ``paths().arm_state`` after every write.
 
 Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /lab/counters/reset``,
 ``GET|POST|DELETE /lab/faults``, ``GET|POST|DELETE /lab/grant-faults`` (grants the PostgreSQL server takes away
-from a role at its logins, see :meth:`ArmState.add_grant_fault`), ``GET /lab/state``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
+from a role at its logins, see :meth:`ArmState.add_grant_fault`), ``GET /lab/state``, ``GET|POST|DELETE /lab/locks``,
+``GET|POST|DELETE /lab/role-assignments``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
 ``lastRestart``: what a test can check about an AKS cluster that ARM does not show).
 
-Not emulated: Azure RBAC (any valid token may do anything), locks, policy, tags-only PATCH of identities,
+Not emulated: Azure RBAC enforcement (any valid token may do anything; only the permissions API reflects the lab's
+role assignments), lock writes through ARM (the lab API sets them), policy, tags-only PATCH of identities,
 the 20-credential limit's exact wording (the lab's code ``FederatedIdentityCredentialsLimitExceeded``), PUT of VMs
 or servers (only the seeded ones exist), any VM/server property other than
 ``identity``/``tags``/``authConfig`` (SQL: other than the Entra admin and Entra-only flag; no server PUT/PATCH, no
@@ -130,6 +136,7 @@ import yaml
 from .aks import ClusterIssuer
 from .config import LabPaths, ports as configured_ports
 from .directory import Directory
+from .rbac import Rbac, RbacError
 from .tokens import Issuer, TokenError
 from .web import JsonHandler
 
@@ -140,6 +147,8 @@ OPERATION_S = 0.1
 RETRY_AFTER_MS = "50"
 HOURLY_BUDGET = {"reads": 12000, "writes": 1200, "deletes": 15000}
 FIC = "federatedIdentityCredentials"
+AUTHZ_PREFIX = "/providers/Microsoft.Authorization/"
+AUTHZ = AUTHZ_PREFIX.lower()
 FIC_TYPE = "Microsoft.ManagedIdentity/userAssignedIdentities/" + FIC
 FIC_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}")
 FIC_LIMIT = 20
@@ -287,6 +296,7 @@ class ArmState:
         self._faults: list[dict] = []
         self._grant_faults: list[dict] = []
         self._fic_writes: dict[str, float] = {}  # identity id -> when its last credential write was accepted
+        self.rbac = Rbac(self.subscription_id, topology)
         self.reset_counters()
         if paths.arm_state.exists():
             self._resources = json.loads(paths.arm_state.read_text())["resources"]
@@ -697,6 +707,13 @@ class ArmState:
             if document == "jwks":
                 return self._cluster_issuers[cluster["name"].lower()].jwks()
             return ClusterIssuer.discovery(self._issuer_url(cluster))
+
+    def caller_principals(self, object_id: str) -> set[str]:
+        """The caller's object id and the names of the lab identities that have it (role assignments name either)."""
+        with self._lock:
+            names = {r["name"] for r in self._resources.values()
+                     if r["type"] == MI and r["properties"].get("principalId") == object_id}
+        return names | {object_id}
 
     def dump(self) -> dict:
         """Everything, for ``GET /lab/state`` (ARM state holds no secrets: Cosmos keys stay in the secrets file)."""
@@ -1673,6 +1690,7 @@ class ArmHandler(JsonHandler):
             fault = state.take_fault(self.command, self.route)
             if fault is not None:
                 raise fault
+            self.refuse_if_locked(state)
             try:
                 payload = json.loads(body) if body else {}
             except ValueError:
@@ -1699,8 +1717,37 @@ class ArmHandler(JsonHandler):
         if claims.get("tid") != app.state.tenant_id:
             raise ArmError(401, "InvalidAuthenticationTokenTenant",
                            f"The access token is from the wrong issuer '{claims.get('iss')}'.")
+        self.claims = claims
+
+    def refuse_if_locked(self, state: ArmState) -> None:
+        """ARM's answer to a write under a lock: 409 ``ScopeLocked``, with ARM's words."""
+        if AUTHZ in self.route.lower():
+            return
+        refusal = state.rbac.refusal(self.command, self.route)
+        if refusal:
+            operation, scopes = refusal
+            raise ArmError(409, "ScopeLocked", f"The scope '{self.route}' cannot perform {operation} operation "
+                           f"because following scope(s) are locked: '{', '.join(scopes)}'. Please remove the lock "
+                           "and try again.")
+
+    def authorization(self, state: ArmState) -> tuple[int, dict | None, dict]:
+        """``GET {scope}/providers/Microsoft.Authorization/permissions|locks`` for a resource group or a resource
+        (the SDKs send an empty parent resource path as ``//``)."""
+        route = re.sub("/+", "/", self.route).rstrip("/")
+        at = route.lower().rindex(AUTHZ)
+        scope, what = route[:at], route[at + len(AUTHZ):]
+        if self.command != "GET" or what.lower() not in ("permissions", "locks"):
+            raise self.unsupported()
+        if not scope.lower().startswith(f"/subscriptions/{state.subscription_id.lower()}"):
+            raise ArmError(404, "SubscriptionNotFound", f"The subscription of '{scope}' could not be found.")
+        if what.lower() == "locks":
+            return self.page(state.rbac.locks_at(scope), f"https://{self.headers.get('Host')}")
+        principals = state.caller_principals(self.claims.get("oid", ""))
+        return 200, {"value": state.rbac.permissions(principals, scope)}, {}
 
     def dispatch(self, state: ArmState, body: dict) -> tuple[int, dict | None, dict]:
+        if AUTHZ in self.route.lower():
+            return self.authorization(state)
         method, raw = self.command, self.route.strip("/").split("/")
         seg = [s.lower() for s in raw]
         base_url = f"https://{self.headers.get('Host')}"
@@ -1904,6 +1951,30 @@ class ArmHandler(JsonHandler):
                 return 200, found
         return 404, {"error": {"code": "NotFound", "message": "The OIDC issuer document was not found."}}
 
+    def lab_rbac(self, state: ArmState, route: str, method: str, body: bytes) -> tuple[int, dict | list | None]:
+        """``/lab/locks``: GET lists, POST adds ``{scope, level, name?}``, DELETE removes all.
+        ``/lab/role-assignments``: GET lists, POST adds ``{principal, role, scope}``, DELETE removes those matching
+        the keys given (``{principal?, role?, scope?}``) and returns them."""
+        spec = json.loads(body) if body else {}
+        try:
+            if route == "/lab/locks":
+                if method == "GET":
+                    return 200, {"value": state.rbac.locks_at(f"/subscriptions/{state.subscription_id}")}
+                if method == "POST":
+                    return 201, state.rbac.add_lock(spec)
+                if method == "DELETE":
+                    state.rbac.clear_locks()
+                    return 200, {"value": []}
+            if method == "GET":
+                return 200, {"value": state.rbac.assignments()}
+            if method == "POST":
+                return 201, state.rbac.add_assignment(spec)
+            if method == "DELETE":
+                return 200, {"value": state.rbac.remove_assignments(spec)}
+        except (RbacError, KeyError) as err:
+            return 400, {"error": {"code": "BadRequest", "message": str(err)}}
+        return 405, {"error": {"code": "MethodNotAllowed", "message": f"{method} {route}"}}
+
     def lab_api(self, state: ArmState, body: bytes) -> tuple[int, dict | None]:
         route, method = self.route.rstrip("/"), self.command
         if route == "/lab/counters" and method == "GET":
@@ -1935,6 +2006,8 @@ class ArmHandler(JsonHandler):
                     return 400, {"error": {"code": "InvalidFault", "message": f"Bad grant fault spec: {exc!r}"}}
         if route == "/lab/state" and method == "GET":
             return 200, state.dump()
+        if route in ("/lab/locks", "/lab/role-assignments"):
+            return self.lab_rbac(state, route, method, body)
         if route.startswith("/lab/aks/") and method == "GET":
             try:
                 return 200, state.aks_lab_status(route[len("/lab/aks/"):])
