@@ -146,8 +146,11 @@ def generate(apps: int, out: pathlib.Path, sql_server_count: int = 3) -> dict:
         app = {"name": name, "vm": vm}
         if kind == "pg":
             statements, grants, query = PG_PROFILES[turn % len(PG_PROFILES)]
-            app.update(vault_role=name, creation_statements=[ROLE_STATEMENT, *statements], query=query)
-            host.update(mi_vault_database_role=name, mi_databases=[{
+            # Vault names a dynamic user v-<display>-<role, first 8 characters>-...: the role names differ there,
+            # so that one application's evidence never sees another's sessions.
+            vault_role = f"{kind}{index:03d}-fleet"
+            app.update(vault_role=vault_role, creation_statements=[ROLE_STATEMENT, *statements], query=query)
+            host.update(mi_vault_database_role=vault_role, mi_databases=[{
                 "type": "postgres", "server": "pg-lab", "database": "appdb", "verify_query": query,
                 "grants": copy.deepcopy(grants)}])
         elif kind in ("sql", "aks"):

@@ -275,7 +275,7 @@ def test_an_application_whose_grant_is_gone_keeps_its_server_out_of_cutover(lab,
         assert password_login(lab, server) == "refused", server
     assert servers["cosmos-lab"]["disableLocalAuth"] is True
     # The failed application is left as it was: its Vault role, its "before" code.
-    assert FAULTED_APP in vault_roles(lab)
+    assert fleet["hosts"][FAULTED_APP]["mi_vault_database_role"] in vault_roles(lab)
     assert demo_app_mode(lab, FAULTED_APP) == "vault"
     before = lab.lab("azurelab.demo_app", FAULTED_APP)
     lab.assert_no_secret_in(before.stdout + before.stderr)

@@ -94,3 +94,13 @@ def test_lab_topology_names_the_topology_the_lab_seeds(written, monkeypatch):
     assert config.ports().sql == tuple(47000 + offset for offset in (7, 8, 9, 10))
     monkeypatch.delenv("LAB_TOPOLOGY")
     assert len(config.topology()["applications"]) == 10
+
+
+def test_vault_role_names_differ_in_the_part_vault_puts_in_user_names(tmp_path):
+    """Vault's PostgreSQL plugin names a user v-<display>-<role, first 8 characters>-<random>-<time>, and evidence
+    matches an application's users by that part: two roles alike there would see each other's sessions."""
+    fleet.generate(60, tmp_path)
+    hosts = load(tmp_path / "inventory" / "hosts.yml")["all"]["children"]["applications"]["hosts"]
+    roles = [host["mi_vault_database_role"] for host in hosts.values() if "mi_vault_database_role" in host]
+    assert len(roles) > 15
+    assert len({role[:8] for role in roles}) == len(roles), sorted(roles)
