@@ -126,7 +126,7 @@ def before(lab, inventory):
     """The "before" state, read before the migration: KV secret digests and the SQL password (never printed)."""
     client = root_vault(lab)
     password = client.secrets.kv.v2.read_secret_version(path=KV_PATHS["ledger"], mount_point="secret",
-                                                       raise_on_deleted_version=True)
+                                                        raise_on_deleted_version=True)
     return {"kv": {app: kv_digest(lab, app) for app in KV_PATHS}, "roles": vault_state(lab)["roles"],
             "secrets": [password["data"]["data"]["password"]]}
 
