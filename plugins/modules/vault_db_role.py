@@ -20,7 +20,8 @@ description:
     administrator's password. The operator supplies that password at rollback time in a file
     (O(connection_password_file)) or an environment variable (O(connection_password_env)); the module reads it
     there and sends it to Vault only, so it is never an option value, a result or a diff. Vault verifies the
-    login before it keeps the connection, so the database must accept passwords again first.
+    login before it keeps the connection, so the database must accept passwords again first. In check mode a
+    missing password is a warning, not a failure.
   - A role or connection that exists is left as it is (a re-run makes no write); the module warns when an
     existing connection differs from its backup.
   - The Vault token is read inside the module from C(VAULT_TOKEN) or O(token_file); it is never an option.
@@ -278,10 +279,13 @@ def restore(mod, client, mount, name, role, role_backup):
             mod.fail("cannot restore connection %s: the backup %s has no plugin_name" % (connection_name, conn_backup_path))
         try:
             password = read_password(params["connection_password_file"], params["connection_password_env"])
+            mod.module.no_log_values.add(password)  # masked wherever Ansible would print it
         except ValueError as exc:
-            mod.fail("connection %s is gone and must be recreated with its administrator's password (%s): %s"
-                     % (connection_name, (conn_saved.get("connection_details") or {}).get("username", "?"), exc))
-        mod.module.no_log_values.add(password)  # masked wherever Ansible would print it
+            problem = ("connection %s is gone and must be recreated with its administrator's password (%s): %s"
+                       % (connection_name, (conn_saved.get("connection_details") or {}).get("username", "?"), exc))
+            if not mod.check_mode:
+                mod.fail(problem)
+            mod.module.warn(problem + " (check mode goes on: the real run needs it)")
     else:
         drift = connection_drift(backup_or_empty(conn_backup_path), connection)
         if drift:

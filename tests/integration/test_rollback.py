@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,26 @@ def dynamic_user_login(lab, role: str) -> str:
         return conn.execute("SELECT current_user").fetchone()[0]
 
 
+def tutorial_part3_before(lab, secrets: list) -> subprocess.CompletedProcess:
+    """The tutorial's Part 3 "before" code, run on the catalog API's VM with the lab's addresses, the app's AppRole ids
+    (from its config and its 0600 secret id file) and KV path; the code goes through stdin, never a command line."""
+    config = json.loads((lab.state / "apps" / "catalog-api.json").read_text())
+    code = (REPO / "tests" / "integration" / "tutorial" / "part3_step2_before.py").read_text()
+    secret_id = pathlib.Path(config["secret_id_file"]).read_text().strip()
+    for published, lab_value in (
+            ("url='https://vault:8200'", f"url='{config['vault_addr']}'"),
+            ("role_id='xxx', secret_id='yyy'", f"role_id='{config['role_id']}', secret_id='{secret_id}'"),
+            ("path='cosmos/primary-key'", f"path='{config['vault_kv_path']}', raise_on_deleted_version=True"),
+            ("url='https://cosmos-prod.documents.azure.com:443/'", f"url='{config['db_endpoint']}'")):
+        assert published in code, published
+        code = code.replace(published, lab_value)
+    env = dict(workload_env(lab, "catalog-api"), AZURE_COSMOS_HEALTH_CHECK_MAX_RETRIES="0")
+    run = subprocess.run([sys.executable, "-"], input=code, env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert_clean(lab, run.stdout + run.stderr, secrets + [secret_id])
+    return run
+
+
 @pytest.fixture(scope="module")
 def inventory(lab, tmp_path_factory):
     path = tmp_path_factory.mktemp("inventory") / "lab"
@@ -155,6 +176,11 @@ def test_vault_db_role_restore_errors_say_what_to_fix_and_change_nothing(lab, be
     assert unreadable["failed"], unreadable
     assert ("connection pg-lab-appdb is gone and must be recreated with its administrator's password (pgadmin): "
             "cannot read the connection password file /nonexistent/pw") in unreadable["msg"]
+    planned = run_module(lab, "vault_db_role", check=True, name="orders-api", **common)  # no password: a warning
+    assert not planned["failed"] and planned["changed"], planned
+    assert planned["operations"] == [f"POST database/config/{CONNECTION} (from its backup; Vault verifies the login)",
+                                     "POST database/roles/orders-api"]
+    assert "the real run needs it" in json.dumps(planned["warnings"])
     unset = run_module(lab, "vault_db_role", name="orders-api", connection_password_env="MI_TEST_UNSET_PASSWORD",
                        **common)
     assert unset["failed"] and "the environment variable MI_TEST_UNSET_PASSWORD is empty or not set" in unset["msg"]
@@ -234,6 +260,8 @@ def test_rollback_restores_passwords_keys_vault_and_the_before_code(lab, invento
         assert result["ok"] and result["mode"] == "vault", result
     assert demo_app(lab, "ledger", before["secrets"])["connected_as"] == "ledger-sql"
     assert demo_app(lab, "catalog-api", before["secrets"])["connected_as"] == "key"
+    tutorial = tutorial_part3_before(lab, before["secrets"])
+    assert tutorial.returncode == 0, tutorial.stderr[-3000:]
     # Entra stays on: the identities still sign in too.
     client_id = run_module(lab, "azure_mi", name="mi-reports", resource_group="rg-lab-apps")["identity"]["client_id"]
     identity = run_module(lab, "mi_login_check", check=True, host="localhost", port=lab.base + 4, database="appdb",
