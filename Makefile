@@ -10,15 +10,17 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 COLLECTION_LINK := $(VENV)/collections/ansible_collections/csa_inabox/managed_identity
 COSMOS_BACKEND := lab/cosmos
 
-.PHONY: demo test venv system-packages lab-up lab-down lab-reset lab-status unit integration sanity molecule clean
+.PHONY: demo test venv system-packages lab-up lab-down lab-reset lab-status lint changelog unit integration sanity molecule \
+	clean
 
 ## demo: set everything up, start the lab, migrate the lab fleet, print the report
 demo: venv lab-up
 	$(PLAYBOOK) playbooks/migrate.yml
 	@echo; echo "Report: $(LAB_STATE_DIR)/reports/migration-report.{txt,json}"
 
-## test: unit tests, ansible-test sanity, lab and playbook integration tests, Molecule
-test: unit sanity integration molecule
+## test: ansible-lint and the changelog fragments, unit tests, ansible-test sanity, lab and playbook integration
+## tests (the Galaxy artifact and the execution environment's build context included), Molecule
+test: lint unit sanity integration molecule
 
 venv: $(VENV)/.installed $(COLLECTION_LINK) $(COSMOS_BACKEND)/node_modules/.installed
 $(VENV)/.installed: requirements.txt requirements-lab.txt
@@ -54,6 +56,18 @@ lab-reset: venv system-packages
 	$(LAB) reset
 lab-status: venv
 	$(LAB) status
+
+# ansible-lint's production profile (.ansible-lint: offline, nothing installed from Galaxy) and the changelog
+# fragments. Both run the venv's Ansible, hence the PATH.
+lint: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml --strict changelogs/changelog.yaml
+
+# Rebuild changelogs/changelog.yaml and CHANGELOG.rst for galaxy.yml's version from changelogs/fragments/ and the
+# modules' version_added (tests/unit/test_changelog.py fails until this is run after such a change).
+changelog: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/antsibull-changelog release --update-existing --reload-plugins
 
 unit: venv system-packages
 	$(PYTEST) -q tests/unit

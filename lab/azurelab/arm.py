@@ -21,10 +21,21 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   ``retry-after-ms``, then the SDK's final GET) of ``properties.authConfig`` and ``tags``.
 * ``flexibleServers/{s}/administrators/{objectId}``: PUT (202), GET (``name`` is the ``principalName``),
   list, DELETE (202, or 204 when absent). The real PostgreSQL follows through :class:`PostgresHooks`.
+* Read replicas (topology ``postgres_servers[].replicas``): servers with ``replicationRole: AsyncReplica`` and
+  ``sourceServerResourceId`` (their primary says ``Primary``), listed by ``GET flexibleServers/{s}/replicas``. A
+  replica's ``authConfig`` is its own (Microsoft: "Authentication method: Adjustable" after creation); its Entra
+  admins are its primary's, since the roles they are replicate from it (a lab reading: writing them on a replica is
+  refused with the lab code ``OperationNotSupportedOnReadReplica``). A replica has no PostgreSQL of its own in the
+  lab: nothing logs in to it.
 * ``Microsoft.Sql/servers``: GET (``properties.administrators`` shows the Entra admin and the Entra-only flag), list.
 * ``servers/{s}/administrators/ActiveDirectory``: PUT (202 + ``Azure-AsyncOperation``, then the SDK's final GET),
   GET (404 when there is none), DELETE (202, or 204 when absent; 400 ``InvalidServerAzureADAdminDeleteOperation``
   while Entra-only authentication is on). One admin per server; ``principalType`` comes from the lab directory.
+* Failover groups (topology ``sql_servers[].failover_group``: ``name``, ``partner``): the partner is a logical server
+  of its own (ARM only: it has no TDS endpoint in the lab), and ``GET servers/{s}/failoverGroups`` lists the group
+  from either side (``replicationRole``, ``partnerServers``, ``databases``). Its Entra admin and Entra-only setting are
+  its own, as in Azure ("the Microsoft Entra administrator must be configured for both the primary and the secondary
+  servers"); no failover, no group writes.
 * ``servers/{s}/azureADOnlyAuthentications/Default``: PUT (202 as above; ``true`` without an admin is 400
   ``InvalidServerAADOnlyAuthNoAADAdminPropertyName``), GET.
 * ``Microsoft.DocumentDB/databaseAccounts`` (Cosmos DB for NoSQL): GET, list, PATCH of ``properties.disableLocalAuth``
@@ -65,16 +76,23 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   then the SDK's final GET) with the same strict ``identity`` replace; a template change makes a new revision name.
   The container env lives in ``properties.template.containers[].env``.
 * ``/subscriptions/{s}/providers/{ns}/locations/{l}/azureAsyncOperation|operationResults/{id}``: operation status.
+* ``{resource group or resource}/providers/Microsoft.Authorization/permissions`` (the caller's roles' ``actions`` and
+  ``notActions``, one entry per role assignment at the scope or above) and ``.../locks`` (the locks at, above and
+  below the scope), GET only; writes under a ``ReadOnly`` lock, and deletes under any lock, get 409 ``ScopeLocked``.
+  See :mod:`azurelab.rbac`.
 
 Every request needs a lab bearer token for the ``resource_manager`` audience (401 ``InvalidAuthenticationToken``)
 and an ``api-version`` (any value). Ids compare case-insensitively. Errors use ARM's envelope and codes. State is
 saved to ``paths().arm_state`` after every write.
 
 Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /lab/counters/reset``,
-``GET|POST|DELETE /lab/faults``, ``GET /lab/state``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
+``GET|POST|DELETE /lab/faults``, ``GET|POST|DELETE /lab/grant-faults`` (grants the PostgreSQL server takes away
+from a role at its logins, see :meth:`ArmState.add_grant_fault`), ``GET /lab/state``, ``GET|POST|DELETE /lab/locks``,
+``GET|POST|DELETE /lab/role-assignments``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
 ``lastRestart``: what a test can check about an AKS cluster that ARM does not show).
 
-Not emulated: Azure RBAC (any valid token may do anything), locks, policy, tags-only PATCH of identities,
+Not emulated: Azure RBAC enforcement (any valid token may do anything; only the permissions API reflects the lab's
+role assignments), lock writes through ARM (the lab API sets them), policy, tags-only PATCH of identities,
 the 20-credential limit's exact wording (the lab's code ``FederatedIdentityCredentialsLimitExceeded``), PUT of VMs
 or servers (only the seeded ones exist), any VM/server property other than
 ``identity``/``tags``/``authConfig`` (SQL: other than the Entra admin and Entra-only flag; no server PUT/PATCH, no
@@ -118,6 +136,7 @@ import yaml
 from .aks import ClusterIssuer
 from .config import LabPaths, ports as configured_ports
 from .directory import Directory
+from .rbac import Rbac, RbacError
 from .tokens import Issuer, TokenError
 from .web import JsonHandler
 
@@ -128,6 +147,8 @@ OPERATION_S = 0.1
 RETRY_AFTER_MS = "50"
 HOURLY_BUDGET = {"reads": 12000, "writes": 1200, "deletes": 15000}
 FIC = "federatedIdentityCredentials"
+AUTHZ_PREFIX = "/providers/Microsoft.Authorization/"
+AUTHZ = AUTHZ_PREFIX.lower()
 FIC_TYPE = "Microsoft.ManagedIdentity/userAssignedIdentities/" + FIC
 FIC_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}")
 FIC_LIMIT = 20
@@ -273,7 +294,9 @@ class ArmState:
         self._resources: dict[str, dict] = {}  # lower-case id -> the resource as GET returns it
         self._operations: dict[str, dict] = {}
         self._faults: list[dict] = []
+        self._grant_faults: list[dict] = []
         self._fic_writes: dict[str, float] = {}  # identity id -> when its last credential write was accepted
+        self.rbac = Rbac(self.subscription_id, topology)
         self.reset_counters()
         if paths.arm_state.exists():
             self._resources = json.loads(paths.arm_state.read_text())["resources"]
@@ -309,26 +332,21 @@ class ArmState:
                     i["id"]: self._identity_ref(i) for i in attached}}
             self._store(body)
         for server in topo.get("postgres_servers", []):
-            self._store({
-                "id": self._id(server["resource_group"], PG, server["name"]), "name": server["name"], "type": PG,
-                "location": location, "tags": {},
-                "sku": {"name": "Standard_D2ds_v5", "tier": "GeneralPurpose"},
-                "properties": {
-                    "administratorLogin": server["administrator_login"], "version": str(server["version"]),
-                    "state": "Ready", "fullyQualifiedDomainName": "localhost",
-                    "storage": {"storageSizeGB": 32}, "network": {"publicNetworkAccess": "Enabled"},
-                    "highAvailability": {"mode": "Disabled"},
-                    "authConfig": {"activeDirectoryAuth": "Disabled", "passwordAuth": "Enabled",
-                                   "tenantId": self.tenant_id}}})
+            primary_id = self._id(server["resource_group"], PG, server["name"])
+            replicas = server.get("replicas") or []
+            self._store(self._pg_body(primary_id, server, location, "Primary" if replicas else "None"))
+            for replica in replicas:
+                self._store(self._pg_body(self._id(replica.get("resource_group", server["resource_group"]), PG,
+                                                   replica["name"]),
+                                          dict(server, name=replica["name"]), location, "AsyncReplica", primary_id))
         for server in topo.get("sql_servers", []):
-            # No Entra admin: ``properties.administrators`` is absent (so Entra-only authentication is off).
-            self._store({
-                "id": self._id(server["resource_group"], SQL, server["name"]), "name": server["name"], "type": SQL,
-                "location": location, "kind": "v12.0", "tags": {},
-                "properties": {
-                    "administratorLogin": server["administrator_login"], "version": "12.0", "state": "Ready",
-                    "fullyQualifiedDomainName": server.get("fully_qualified_domain_name", "localhost"),
-                    "publicNetworkAccess": "Enabled", "minimalTlsVersion": "1.2"}})
+            self._store(self._sql_body(server, location))
+            group = server.get("failover_group")
+            if group:
+                partner = dict(server, resource_group=group.get("resource_group", server["resource_group"]),
+                               name=group["partner"])
+                self._store(self._sql_body(partner, group.get("location", location)))
+                self._seed_failover_group(group["name"], server, partner, location, group.get("location", location))
         for account in topo.get("cosmos_accounts", []):
             self._seed_cosmos(account, location)
         for cluster in topo.get("aks_clusters", []):
@@ -339,6 +357,58 @@ class ArmState:
             self._seed_site(site, location)
         for app in topo.get("container_apps", []):
             self._seed_container_app(app, location)
+
+    def _sql_body(self, server: dict, location: str) -> dict:
+        """A logical server without an Entra admin: ``properties.administrators`` is absent (Entra-only is off)."""
+        return {
+            "id": self._id(server["resource_group"], SQL, server["name"]), "name": server["name"], "type": SQL,
+            "location": location, "kind": "v12.0", "tags": {},
+            "properties": {
+                "administratorLogin": server["administrator_login"], "version": "12.0", "state": "Ready",
+                "fullyQualifiedDomainName": server.get("fully_qualified_domain_name", "localhost"),
+                "publicNetworkAccess": "Enabled", "minimalTlsVersion": "1.2"}}
+
+    def _seed_failover_group(self, name: str, primary: dict, secondary: dict, primary_location: str,
+                             secondary_location: str) -> None:
+        """A failover group between two servers, as each of them lists it (``servers/{s}/failoverGroups``)."""
+        primary_id = self._id(primary["resource_group"], SQL, primary["name"])
+        secondary_id = self._id(secondary["resource_group"], SQL, secondary["name"])
+        databases = [f"{primary_id}/databases/{db}" for db in primary.get("databases") or {}]
+        for own_id, role, location, partner_id, partner_role, partner_location in (
+                (primary_id, "Primary", primary_location, secondary_id, "Secondary", secondary_location),
+                (secondary_id, "Secondary", secondary_location, primary_id, "Primary", primary_location)):
+            self._store({
+                "id": f"{own_id}/failoverGroups/{name}", "name": name, "type": SQL + "/failoverGroups",
+                "location": location, "tags": {},
+                "properties": {
+                    "readWriteEndpoint": {"failoverPolicy": "Manual"}, "readOnlyEndpoint": {"failoverPolicy": "Disabled"},
+                    "replicationRole": role, "replicationState": "CATCH_UP",
+                    "partnerServers": [{"id": partner_id, "location": partner_location,
+                                        "replicationRole": partner_role}],
+                    "databases": databases}})
+
+    def sql_failover_groups(self, rg: str, server_name: str) -> list[dict]:
+        """``GET .../servers/{s}/failoverGroups``."""
+        with self._lock:
+            server = self._require(rg, SQL, server_name)
+            prefix = server["id"].lower() + "/failovergroups/"
+            return [copy.deepcopy(r) for k, r in self._resources.items() if k.startswith(prefix)]
+
+    def _pg_body(self, server_id: str, server: dict, location: str, role: str, source_id: str = "") -> dict:
+        """A flexible server with password authentication only; ``role`` is its ``replicationRole`` (``None``,
+        ``Primary`` or ``AsyncReplica``, then ``sourceServerResourceId`` names its primary)."""
+        return {
+            "id": server_id, "name": server["name"], "type": PG, "location": location, "tags": {},
+            "sku": {"name": "Standard_D2ds_v5", "tier": "GeneralPurpose"},
+            "properties": {
+                "administratorLogin": server["administrator_login"], "version": str(server["version"]),
+                "state": "Ready", "fullyQualifiedDomainName": "localhost",
+                "storage": {"storageSizeGB": 32}, "network": {"publicNetworkAccess": "Enabled"},
+                "highAvailability": {"mode": "Disabled"},
+                "replicationRole": role, "replicaCapacity": 0 if source_id else 5,
+                "authConfig": {"activeDirectoryAuth": "Disabled", "passwordAuth": "Enabled",
+                               "tenantId": self.tenant_id},
+                **({"sourceServerResourceId": source_id} if source_id else {})}}
 
     def _seed_cosmos(self, account: dict, location: str) -> None:
         """A Cosmos DB for NoSQL account with key authentication on, and its databases and containers."""
@@ -638,6 +708,13 @@ class ArmState:
                 return self._cluster_issuers[cluster["name"].lower()].jwks()
             return ClusterIssuer.discovery(self._issuer_url(cluster))
 
+    def caller_principals(self, object_id: str) -> set[str]:
+        """The caller's object id and the names of the lab identities that have it (role assignments name either)."""
+        with self._lock:
+            names = {r["name"] for r in self._resources.values()
+                     if r["type"] == MI and r["properties"].get("principalId") == object_id}
+        return names | {object_id}
+
     def dump(self) -> dict:
         """Everything, for ``GET /lab/state`` (ARM state holds no secrets: Cosmos keys stay in the secrets file)."""
         with self._lock:
@@ -701,6 +778,28 @@ class ArmState:
     def faults(self) -> list[dict]:
         with self._lock:
             return copy.deepcopy(self._faults)
+
+    def add_grant_fault(self, spec: dict) -> dict:
+        """A grant removed in the database, as by a DBA or a drift tool between the grant phase and verify: at every
+        token login of ``role`` on PostgreSQL server ``server``, before its session opens, the server revokes the
+        role's privileges on the tables of ``schema`` (every schema of the database the session opens when absent),
+        so that its queries fail with PostgreSQL's own ``permission denied for table ...``. Lasts until the faults
+        are cleared. ``KeyError`` without ``server`` or ``role``."""
+        fault = {"id": str(uuid.uuid4()), "server": str(spec["server"]), "role": str(spec["role"]),
+                 "schema": spec.get("schema")}
+        with self._lock:
+            self._grant_faults.append(fault)
+        return fault
+
+    def clear_grant_faults(self) -> None:
+        with self._lock:
+            self._grant_faults.clear()
+
+    def grant_faults(self, server: str | None = None, role: str | None = None) -> list[dict]:
+        """The grant faults (:meth:`add_grant_fault`), those of one server and role when given."""
+        with self._lock:
+            return [dict(fault) for fault in self._grant_faults
+                    if server in (None, fault["server"]) and role in (None, fault["role"])]
 
     def take_fault(self, method: str, path: str) -> ArmError | None:
         """The error to answer instead of serving this request, when an injected fault matches (uses it up)."""
@@ -995,8 +1094,26 @@ class ArmState:
             return self._operation(base_url, api_version)
 
     def _admins(self, server: dict) -> list[dict]:
-        prefix = server["id"].lower() + "/administrators/"
+        """The server's Entra admins; a read replica's are its primary's (its roles are replicated physically)."""
+        source = server["properties"].get("sourceServerResourceId")
+        prefix = (source or server["id"]).lower() + "/administrators/"
         return [r for k, r in self._resources.items() if k.startswith(prefix)]
+
+    def pg_replicas(self, rg: str, server_name: str) -> list[dict]:
+        """``GET .../flexibleServers/{s}/replicas``: the servers whose ``sourceServerResourceId`` is this one."""
+        with self._lock:
+            server = self._require(rg, PG, server_name)
+            return [copy.deepcopy(r) for r in self._resources.values()
+                    if r["type"] == PG and (r["properties"].get("sourceServerResourceId") or "").lower()
+                    == server["id"].lower()]
+
+    def _refuse_admin_write_on_replica(self, server: dict) -> None:
+        source = server["properties"].get("sourceServerResourceId")
+        if source:
+            raise ArmError(400, "OperationNotSupportedOnReadReplica",
+                           f"Server '{server['name']}' is a read replica: its Microsoft Entra administrators are "
+                           f"those of its primary '{source.rsplit('/', 1)[-1]}' (roles are replicated from it). "
+                           "Add or remove them on the primary.")
 
     def pg_admin_list(self, rg: str, server_name: str) -> list[dict]:
         with self._lock:
@@ -1014,7 +1131,8 @@ class ArmState:
     def pg_admin_get(self, rg: str, server_name: str, object_id: str) -> dict:
         with self._lock:
             server = self._require_parent(rg, server_name)
-            admin = self._get(f"{server['id']}/administrators/{object_id}")
+            owner = server["properties"].get("sourceServerResourceId") or server["id"]
+            admin = self._get(f"{owner}/administrators/{object_id}")
             if admin is None:
                 raise _not_found(PG_ADMIN, f"{server['name']}/{object_id}", rg)
             return copy.deepcopy(admin)
@@ -1033,6 +1151,7 @@ class ArmState:
                            f"The objectId '{props['objectId']}' in the body does not match '{object_id}' in the URL.")
         with self._lock:
             server = self._require_parent(rg, server_name)
+            self._refuse_admin_write_on_replica(server)
             if server["properties"]["authConfig"]["activeDirectoryAuth"] != "Enabled":
                 raise ArmError(400, "EntraAuthDisabled",
                                f"Microsoft Entra authentication is not enabled on server '{server['name']}': enable "
@@ -1057,6 +1176,7 @@ class ArmState:
         """The 202's headers, or ``None`` (204) when there was no such admin."""
         with self._lock:
             server = self._require_parent(rg, server_name)
+            self._refuse_admin_write_on_replica(server)
             key = f"{server['id']}/administrators/{object_id}".lower()
             if key not in self._resources:
                 return None
@@ -1570,6 +1690,7 @@ class ArmHandler(JsonHandler):
             fault = state.take_fault(self.command, self.route)
             if fault is not None:
                 raise fault
+            self.refuse_if_locked(state)
             try:
                 payload = json.loads(body) if body else {}
             except ValueError:
@@ -1596,8 +1717,37 @@ class ArmHandler(JsonHandler):
         if claims.get("tid") != app.state.tenant_id:
             raise ArmError(401, "InvalidAuthenticationTokenTenant",
                            f"The access token is from the wrong issuer '{claims.get('iss')}'.")
+        self.claims = claims
+
+    def refuse_if_locked(self, state: ArmState) -> None:
+        """ARM's answer to a write under a lock: 409 ``ScopeLocked``, with ARM's words."""
+        if AUTHZ in self.route.lower():
+            return
+        refusal = state.rbac.refusal(self.command, self.route)
+        if refusal:
+            operation, scopes = refusal
+            raise ArmError(409, "ScopeLocked", f"The scope '{self.route}' cannot perform {operation} operation "
+                           f"because following scope(s) are locked: '{', '.join(scopes)}'. Please remove the lock "
+                           "and try again.")
+
+    def authorization(self, state: ArmState) -> tuple[int, dict | None, dict]:
+        """``GET {scope}/providers/Microsoft.Authorization/permissions|locks`` for a resource group or a resource
+        (the SDKs send an empty parent resource path as ``//``)."""
+        route = re.sub("/+", "/", self.route).rstrip("/")
+        at = route.lower().rindex(AUTHZ)
+        scope, what = route[:at], route[at + len(AUTHZ):]
+        if self.command != "GET" or what.lower() not in ("permissions", "locks"):
+            raise self.unsupported()
+        if not scope.lower().startswith(f"/subscriptions/{state.subscription_id.lower()}"):
+            raise ArmError(404, "SubscriptionNotFound", f"The subscription of '{scope}' could not be found.")
+        if what.lower() == "locks":
+            return self.page(state.rbac.locks_at(scope), f"https://{self.headers.get('Host')}")
+        principals = state.caller_principals(self.claims.get("oid", ""))
+        return 200, {"value": state.rbac.permissions(principals, scope)}, {}
 
     def dispatch(self, state: ArmState, body: dict) -> tuple[int, dict | None, dict]:
+        if AUTHZ in self.route.lower():
+            return self.authorization(state)
         method, raw = self.command, self.route.strip("/").split("/")
         seg = [s.lower() for s in raw]
         base_url = f"https://{self.headers.get('Host')}"
@@ -1645,8 +1795,12 @@ class ArmHandler(JsonHandler):
             return self.resource(state, method, rg, type_, name, body, base_url, api)
         if type_ == MI and seg[8] == FIC.lower() and len(seg) in (9, 10):
             return self.fic(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url)
+        if type_ == PG and seg[8:] == ["replicas"] and method == "GET":
+            return 200, {"value": state.pg_replicas(rg, name)}, {}
         if type_ == PG and seg[8] == "administrators" and len(seg) in (9, 10):
             return self.pg_admin(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url, api)
+        if type_ == SQL and seg[8:] == ["failovergroups"] and method == "GET":
+            return 200, {"value": state.sql_failover_groups(rg, name)}, {}
         sql_children = (["administrators", "activedirectory"], ["azureadonlyauthentications", "default"])
         if type_ == SQL and len(seg) == 10 and seg[8:] in sql_children:
             return self.sql_child(state, method, rg, name, seg[8], body, base_url, api)
@@ -1797,6 +1951,30 @@ class ArmHandler(JsonHandler):
                 return 200, found
         return 404, {"error": {"code": "NotFound", "message": "The OIDC issuer document was not found."}}
 
+    def lab_rbac(self, state: ArmState, route: str, method: str, body: bytes) -> tuple[int, dict | list | None]:
+        """``/lab/locks``: GET lists, POST adds ``{scope, level, name?}``, DELETE removes all.
+        ``/lab/role-assignments``: GET lists, POST adds ``{principal, role, scope}``, DELETE removes those matching
+        the keys given (``{principal?, role?, scope?}``) and returns them."""
+        spec = json.loads(body) if body else {}
+        try:
+            if route == "/lab/locks":
+                if method == "GET":
+                    return 200, {"value": state.rbac.locks_at(f"/subscriptions/{state.subscription_id}")}
+                if method == "POST":
+                    return 201, state.rbac.add_lock(spec)
+                if method == "DELETE":
+                    state.rbac.clear_locks()
+                    return 200, {"value": []}
+            if method == "GET":
+                return 200, {"value": state.rbac.assignments()}
+            if method == "POST":
+                return 201, state.rbac.add_assignment(spec)
+            if method == "DELETE":
+                return 200, {"value": state.rbac.remove_assignments(spec)}
+        except (RbacError, KeyError) as err:
+            return 400, {"error": {"code": "BadRequest", "message": str(err)}}
+        return 405, {"error": {"code": "MethodNotAllowed", "message": f"{method} {route}"}}
+
     def lab_api(self, state: ArmState, body: bytes) -> tuple[int, dict | None]:
         route, method = self.route.rstrip("/"), self.command
         if route == "/lab/counters" and method == "GET":
@@ -1815,8 +1993,21 @@ class ArmHandler(JsonHandler):
                     return 201, state.add_fault(json.loads(body or b"{}"))
                 except (ValueError, KeyError, re.error) as exc:
                     return 400, {"error": {"code": "InvalidFault", "message": f"Bad fault spec: {exc!r}"}}
+        if route == "/lab/grant-faults":
+            if method == "GET":
+                return 200, {"value": state.grant_faults()}
+            if method == "DELETE":
+                state.clear_grant_faults()
+                return 200, {"value": []}
+            if method == "POST":
+                try:
+                    return 201, state.add_grant_fault(json.loads(body or b"{}"))
+                except (ValueError, KeyError, TypeError) as exc:
+                    return 400, {"error": {"code": "InvalidFault", "message": f"Bad grant fault spec: {exc!r}"}}
         if route == "/lab/state" and method == "GET":
             return 200, state.dump()
+        if route in ("/lab/locks", "/lab/role-assignments"):
+            return self.lab_rbac(state, route, method, body)
         if route.startswith("/lab/aks/") and method == "GET":
             try:
                 return 200, state.aks_lab_status(route[len("/lab/aks/"):])

@@ -5,6 +5,7 @@ overrides it). Every server binds 127.0.0.1 only. Ports start at ``LAB_PORT_BASE
 for the control plane, PostgreSQL and OpenBao, then one per Azure SQL server (base+7, base+8, ... in the order of
 ``topology.yml``'s ``sql_servers``), then the Cosmos DB data plane, then the AKS cluster's Kubernetes API server,
 then one per App Service app and Container App (``web_apps`` then ``container_apps``, in topology order).
+``LAB_TOPOLOGY`` names another topology file than ``lab/topology.yml`` (:func:`topology_file`).
 """
 from __future__ import annotations
 
@@ -149,9 +150,16 @@ def web_workloads(topo: dict) -> list[dict]:
     return list(topo.get("web_apps", [])) + list(topo.get("container_apps", []))
 
 
+def topology_file() -> pathlib.Path:
+    """The topology this lab seeds: ``LAB_TOPOLOGY`` when set (e.g. a fleet written by ``python -m azurelab fleet``),
+    else ``lab/topology.yml``."""
+    return pathlib.Path(os.environ.get("LAB_TOPOLOGY") or TOPOLOGY_FILE).resolve()
+
+
 def topology() -> dict:
-    """The seeded lab: tenant, subscription, resource groups, VMs, identities, servers, directory, apps."""
-    with open(TOPOLOGY_FILE, encoding="utf-8") as handle:
+    """The seeded lab (:func:`topology_file`): tenant, subscription, resource groups, VMs, identities, servers,
+    directory, apps."""
+    with open(topology_file(), encoding="utf-8") as handle:
         return yaml.safe_load(handle)
 
 

@@ -208,6 +208,8 @@ def env_script(paths: config.LabPaths, ports: config.Ports, topology: dict) -> s
         "LAB_STATE_DIR": str(paths.root),
         "LAB_PORT_BASE": str(ports.entra - 1),
     }
+    if os.environ.get("LAB_TOPOLOGY"):
+        exports["LAB_TOPOLOGY"] = str(config.topology_file())
     if info["sql_servers"]:
         exports.update(odbc.environment(paths))
         exports.update({sql_port_variable(name): str(server["port"]) for name, server in info["sql_servers"].items()})
@@ -335,7 +337,11 @@ COMMANDS = {"up": up, "down": down, "reset": reset, "status": status, "env": env
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["fleet"]:
+        from . import fleet  # writes files only: no lab needed
+
+        return fleet.main(argv[1:])
     if len(argv) != 1 or argv[0] not in COMMANDS:
-        print(f"usage: python -m azurelab {{{'|'.join(COMMANDS)}}}", file=sys.stderr)
+        print(f"usage: python -m azurelab {{{'|'.join(COMMANDS)}|fleet --apps N --out DIR}}", file=sys.stderr)
         return 2
     return COMMANDS[argv[0]]()

@@ -12,7 +12,9 @@ the dev banner lines that print it are filtered out of ``logs/openbao.log``.
 * the database secrets engine at ``vault.database_mount`` with connection ``vault.connection``
   (``postgresql-database-plugin``, the server admin's password, TLS verify-full to the lab PostgreSQL front:
   the plugin's pgx driver signs in with a cleartext password over TLS, as it does on Azure);
-* one database role per PostgreSQL application with its ``creation_statements``, default TTL 1 h;
+* one database role per PostgreSQL application with its ``creation_statements`` and the topology's
+  ``vault.revocation_statements`` (without them the plugin's default cannot drop a user that holds privileges outside
+  ``public``, so revoking a live lease fails), default TTL 1 h;
 * ``<state>/openbao/<connection>.password`` (0600): the connection's admin password as the operator supplies it to
   ``playbooks/rollback.yml`` (``mi_vault_connection_password_file``) to recreate the connection after decommission;
 * KV v2 at ``vault.kv_mount`` (the dev server's ``secret/``): per Azure SQL application (``database.type: sql``)
@@ -185,7 +187,8 @@ class OpenBaoLab:
             if self._db_role_differs(client, app):
                 client.secrets.database.create_role(
                     name=app["vault_role"], db_name=vault["connection"], mount_point=db_mount,
-                    creation_statements=app["creation_statements"], default_ttl=DEFAULT_TTL_S, max_ttl=MAX_TTL_S)
+                    creation_statements=app["creation_statements"], default_ttl=DEFAULT_TTL_S, max_ttl=MAX_TTL_S,
+                    revocation_statements=vault.get("revocation_statements"))
                 changed.append(f"role {db_mount}/roles/{app['vault_role']}")
 
         auth_mount = vault["approle_mount"]
@@ -288,6 +291,7 @@ class OpenBaoLab:
             return True
         return (current.get("db_name") != vault["connection"]
                 or current.get("creation_statements") != app["creation_statements"]
+                or (current.get("revocation_statements") or None) != vault.get("revocation_statements")
                 or current.get("default_ttl") != DEFAULT_TTL_S or current.get("max_ttl") != MAX_TTL_S)
 
     def _seed_app(self, client: hvac.Client, app: dict, policy_name: str, policy: str, settings: dict) -> list[str]:

@@ -13,6 +13,9 @@ protocol (https://www.postgresql.org/docs/15/protocol-flow.html):
 4. Anything else is a password (``passwordAuth`` Enabled, and never for an Entra role): the session is opened
    over the unix socket and the client's password is relayed to the server's own cleartext request, so the
    real SCRAM verifier decides.
+   With a grant fault for the role (``grant_faults(role)``, set through the ARM double's lab API
+   ``/lab/grant-faults``), the server first revokes the role's table privileges, as a DBA or a drift tool might
+   between the migration's grant and verify phases: its queries then fail with PostgreSQL's own error.
 5. From the server's AuthenticationOk on, bytes are relayed both ways unchanged; ``BackendKeyData`` is the real
    server's, so a ``CancelRequest`` is forwarded to the server as it is.
 
@@ -71,8 +74,10 @@ class PgFront:
     """
 
     def __init__(self, paths: LabPaths, issuer: Issuer, port: int, server_name: str,
-                 auth_config: Callable[[], dict], backend: PostgresLab):
+                 auth_config: Callable[[], dict], backend: PostgresLab,
+                 grant_faults: Callable[[str], list[dict]] = lambda role: []):
         self.issuer = issuer
+        self.grant_faults = grant_faults
         self.server_name = server_name
         self.auth_config = auth_config
         self.backend = backend
@@ -164,6 +169,11 @@ class _Session(socketserver.BaseRequestHandler):
             config = front.auth_config()
             if looks_like_jwt(secret) and config.get("activeDirectoryAuth", "Disabled") == "Enabled":
                 self._check_token(front, user, secret, config)
+                for fault in front.grant_faults(user):
+                    database = _startup_params(startup)["database"]
+                    revoked = front.backend.revoke_table_privileges(database, user, fault.get("schema"))
+                    LOG.info("%s: grant fault: revoked %r's privileges on the tables of %s in %s", front.server_name,
+                             user, ", ".join(revoked) or "no schema", database)
                 password = None
             else:
                 self._check_password_allowed(front, user, config)

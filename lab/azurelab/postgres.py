@@ -266,6 +266,19 @@ class PostgresLab:
             conn.execute(sql.SQL("DROP ROLE {}").format(role))
         return True
 
+    def revoke_table_privileges(self, database: str, role: str, schema: str | None = None) -> list[str]:
+        """``REVOKE ALL ON ALL TABLES IN SCHEMA`` ``schema`` (every schema of ``database`` but the system ones when
+        None) ``FROM role``: the lab's grant fault (see :mod:`azurelab.pgfront`). A superuser's REVOKE acts as the
+        tables' owner, so grants made by the owner or a member of it are removed. Returns the schemas it ran on."""
+        with self.connect(database) as conn:
+            schemas = [schema] if schema else [row[0] for row in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema' "
+                "AND has_schema_privilege(%s, oid, 'USAGE') ORDER BY nspname", (role,))]
+            for name in schemas:
+                conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(
+                    sql.Identifier(name), sql.Identifier(role)))
+        return schemas
+
     def principal_for_role(self, role_name: str) -> dict | None:
         """The Entra principal a role stands for: ``{object_id, type ('user'|'group'|'service'), tenant_id,
         is_admin, is_mfa}``, or None for a password role or no role at all."""

@@ -18,6 +18,8 @@ options:
       - C(auto) uses a service principal from C(AZURE_SECRET), C(AZURE_TENANT) and C(AZURE_CLIENT_ID) when they are
         set (the names AWX's Azure credential and azure.azcollection use), and otherwise azure-identity's
         C(DefaultAzureCredential) (environment, workload identity, managed identity, Azure CLI).
+      - AWX's Azure credential with a username and password (C(AZURE_AD_USER)) is refused with C(auto), because
+        user sign-in with a password is not supported.
       - C(managed_identity) uses the managed identity endpoint of the host the task runs on (IMDS on a VM).
       - C(environment), C(workload_identity) and C(cli) use that azure-identity credential alone.
     type: str

@@ -27,6 +27,8 @@ _CLIENTS = {
     "aks": ("azure.mgmt.containerservice", "ContainerServiceClient"),
     "web": ("azure.mgmt.web", "WebSiteManagementClient"),
     "container_apps": ("azure.mgmt.appcontainers", "ContainerAppsAPIClient"),
+    "authorization": ("azure.mgmt.authorization", "AuthorizationManagementClient"),
+    "locks": ("azure.mgmt.resource.locks", "ManagementLockClient"),
 }
 
 _RESOURCE_ID = re.compile(
@@ -38,7 +40,7 @@ class ArmClients:
     """Lazily built management clients for one credential, cloud and subscription.
 
     ``clients.msi``, ``clients.compute``, ``clients.postgres``, ``clients.sql``, ``clients.cosmos``, ``clients.aks``,
-    ``clients.web``, ``clients.container_apps``: each is created on first use and reused.
+    ``clients.web``, ``clients.container_apps``, ``clients.authorization``, ``clients.locks``: each is created on first use and reused.
     """
 
     def __init__(self, credential, cloud, subscription_id):

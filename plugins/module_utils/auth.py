@@ -114,7 +114,18 @@ def resolve_cloud(name, endpoints=None):
 
 def _awx_secret_settings():
     """The service principal AWX's Azure credential and azure.azcollection inject (AZURE_SECRET, AZURE_TENANT),
-    when azure-identity's own names are not set. Returns (tenant_id, client_id, secret) or None."""
+    when azure-identity's own names are not set. Returns (tenant_id, client_id, secret) or None.
+
+    AWX's "Microsoft Azure Resource Manager" credential injects AZURE_SUBSCRIPTION_ID (see
+    :func:`subscription_id_from`), AZURE_CLOUD_ENVIRONMENT when set (see :func:`resolve_cloud`), and either
+    AZURE_CLIENT_ID, AZURE_SECRET and AZURE_TENANT, or, without a client and tenant, AZURE_AD_USER and AZURE_PASSWORD:
+    that user sign-in is refused here rather than ignored (azure-identity does not read those names, and Entra ID's
+    mandatory MFA stops password sign-ins of users), so a job does not quietly run as another identity.
+    """
+    if os.environ.get("AZURE_AD_USER") and not (os.environ.get("AZURE_SECRET") or os.environ.get("AZURE_CLIENT_SECRET")):
+        raise AuthConfigError("AZURE_AD_USER is set (AWX's Azure credential with a username and password): user "
+                              "sign-in with a password is not supported; give the credential a service principal "
+                              "(client id, secret, tenant) or run where a managed identity is available")
     if os.environ.get("AZURE_CLIENT_SECRET") or not os.environ.get("AZURE_SECRET"):
         return None
     tenant = os.environ.get("AZURE_TENANT") or os.environ.get("AZURE_TENANT_ID")

@@ -27,8 +27,14 @@ REMEDIES = (
     (r"AADSTS7000215|invalid_client",
      "The service principal's secret is wrong or expired: renew it in the credential the job uses "
      "(AZURE_CLIENT_SECRET, or AZURE_SECRET for AWX)."),
+    (r"AADSTS700016|Application with identifier .* was not found in the directory",
+     "Entra knows no application with that client id in this tenant: check client_id (a managed identity's client id, "
+     "not its principal id) and tenant_id; a managed identity created moments ago can take a minute to replicate."),
     (r"Multiple user assigned identities exist",
      "The workload has several user-assigned identities: pass client_id (or set AZURE_CLIENT_ID) to pick one."),
+    (r"no default identity is assigned|No User Assigned or Delegated Managed Identity found",
+     "The workload has no default identity (several user-assigned ones, no system-assigned one): set the app setting "
+     "AZURE_CLIENT_ID to the identity's client id (azure_mi_assignment client_id_app_setting: true) or pass client_id."),
     (r"Identity not found",
      "This host's managed identity endpoint does not serve that identity: attach it to the workload "
      "(azure_mi_assignment), or pass the client_id of one that is attached."),
@@ -55,6 +61,15 @@ REMEDIES = (
      "The resource does not exist: check its name, resource group and subscription."),
     (r"SubscriptionRequestsThrottled|TooManyRequests|\b429\b",
      "ARM throttled the subscription beyond the retry budget: lower forks/serial for this run or re-run later."),
+    (r"PrincipalNotFound|Principal \S+ does not exist in the directory",
+     "Entra has not replicated the new identity to where the role assignment is checked yet: wait a minute and re-run "
+     "(the principal id, not the client id, is the one to assign)."),
+    (r"operation in progress which requires exclusive lock|PreconditionFailed",
+     "Another write on the Cosmos DB account is in progress (Cosmos allows one at a time): re-run; this collection "
+     "serialises its own writes per account, so the other writer is outside this run."),
+    (r"Expected path segment \[dbs\]",
+     "The Cosmos DB scope was doubled: the Azure CLI prepends the account id to --scope, so give it relative "
+     "(/dbs/appdb) there; cosmos_rbac takes either form (azure-cli#31422)."),
     (r"AnotherOperationInProgress|ConcurrentFederatedIdentityCredentialsWrites",
      "Another write on the same resource is in progress: re-run; writes on one resource are serialised."),
     (r"The access token has expired",
@@ -66,6 +81,9 @@ REMEDIES = (
      "Azure SQL has no user for this token's principal in that database: create it with sql_entra_user from the "
      "identity's client id (a user built from its principal id never matches), or make the principal the server's "
      "Entra administrator (sql_server_entra)."),
+    (r"\b15023\b|already exists in the current database",
+     "A database user with that name already exists with another SID (a SQL user, or one made from the principal id): "
+     "drop or rename it, or let sql_entra_user replace a user it made; the SID must be the identity's client id."),
     (r"Azure Active Directory only authentication is enabled|Microsoft Entra only authentication is enabled",
      "The server accepts Entra logins only (Entra-only authentication): sign in with a token, or switch "
      "azure_ad_only_authentication off with sql_server_entra while the application still needs its password."),
@@ -86,6 +104,9 @@ REMEDIES = (
      "PostgreSQL refused the login: for a managed identity, the role must be created with "
      "pgaadauth_create_principal_with_oid using the identity's principal (object) id, and the user name must be "
      "that role's name."),
+    (r"Updating an existing principal isn't supported",
+     "That object id is already a PostgreSQL principal, for example a server Entra administrator set through ARM: an "
+     "object id cannot be both; give the application its own identity, or remove it from the administrators."),
     (r"function pgaadauth_\w+.* does not exist",
      "Microsoft Entra authentication is not enabled on this server: enable it through authConfig "
      "(pg_server_entra, active_directory_auth: true) - not with azure.extensions or CREATE EXTENSION."),

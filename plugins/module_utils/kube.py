@@ -137,12 +137,17 @@ class Objects:
     """Namespaced objects as JSON dicts: ``get`` (``None`` when absent), ``list``, ``create``, ``replace``,
     ``delete`` and a pod's ``log``; refusals raise :class:`KubeError`.
 
-    ``path(kind, namespace, name)`` knows ServiceAccounts, Deployments, Jobs and Pods. Works with the kubernetes
-    client's two generations of ``ApiClient`` (``param_serialize`` + ``call_api`` from v35, ``call_api`` before).
+    ``path(kind, namespace, name)`` knows ServiceAccounts, Pods, ConfigMaps, Deployments, StatefulSets, DaemonSets,
+    Jobs and CronJobs (never Secrets). Works with the kubernetes client's two generations of ``ApiClient``
+    (``param_serialize`` + ``call_api`` from v35, ``call_api`` before).
     """
 
     PATHS = {"ServiceAccount": "/api/v1/namespaces/%s/serviceaccounts", "Pod": "/api/v1/namespaces/%s/pods",
-             "Deployment": "/apis/apps/v1/namespaces/%s/deployments", "Job": "/apis/batch/v1/namespaces/%s/jobs"}
+             "ConfigMap": "/api/v1/namespaces/%s/configmaps",
+             "Deployment": "/apis/apps/v1/namespaces/%s/deployments",
+             "StatefulSet": "/apis/apps/v1/namespaces/%s/statefulsets",
+             "DaemonSet": "/apis/apps/v1/namespaces/%s/daemonsets", "Job": "/apis/batch/v1/namespaces/%s/jobs",
+             "CronJob": "/apis/batch/v1/namespaces/%s/cronjobs"}
 
     def __init__(self, client):
         self.client = client

@@ -21,6 +21,9 @@ description:
     switched off last. O(password_auth=false) is refused before any write unless Entra is on and at least one
     Entra administrator will exist.
   - Administrators not listed are kept unless O(purge_administrators=true).
+  - It also returns the server's place in replication (RV(replication_role), RV(source_server_id), RV(replicas)), read
+    from the server and C(flexibleServers/{server}/replicas). A read replica's C(authConfig) is its own and must be
+    set on it as well, while its Entra administrators are managed on its primary, whose roles it replicates.
 author: csa-inabox core team (@csa-inabox)
 options:
   name:
@@ -105,6 +108,27 @@ administrators:
   returned: always
   type: list
   elements: dict
+administrator_login:
+  description: The server's PostgreSQL administrator login (C(properties.administratorLogin)), a password user.
+  returned: always
+  type: str
+  sample: pgadmin
+replication_role:
+  description: C(properties.replicationRole) of the server, C(None), C(Primary), C(AsyncReplica) or C(GeoAsyncReplica).
+  returned: always
+  type: str
+  sample: Primary
+source_server_id:
+  description: For a read replica, the resource id of its primary (C(properties.sourceServerResourceId)), else null.
+  returned: always
+  type: str
+replicas:
+  description: The server's read replicas, each with C(name), C(resource_group), C(id) and C(replication_role).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "pg-prod-replica", "resource_group": "rg-data", "replication_role": "AsyncReplica",
+            "id": "/subscriptions/.../resourceGroups/rg-data/providers/Microsoft.DBforPostgreSQL/flexibleServers/pg-prod-replica"}]
 operations:
   description: The ARM writes made (or planned, in check mode), in order.
   returned: always
@@ -133,16 +157,33 @@ def read_current(mod):
     try:
         server = as_dict(ops.servers.get(rg, name))
         admins = [as_dict(a) for a in ops.administrators_microsoft_entra.list_by_server(rg, name)]
+        replicas = [as_dict(r) for r in ops.replicas.list_by_server(rg, name)]
     except ResourceNotFoundError as exc:
         mod.fail("PostgreSQL flexible server %s was not found in resource group %s" % (name, rg), exc)
     except Exception as exc:
         mod.fail("could not read PostgreSQL flexible server %s" % name, exc)
-    auth_config = (server.get("properties") or {}).get("authConfig") or {}
+    props = server.get("properties") or {}
+    auth_config = props.get("authConfig") or {}
+    replication = {
+        "administrator_login": props.get("administratorLogin"),
+        "replication_role": props.get("replicationRole") or "None",
+        "source_server_id": props.get("sourceServerResourceId") or None,
+        "replicas": sorted((replica_summary(r) for r in replicas), key=lambda r: r["id"].lower()),
+    }
     return {
         "activeDirectoryAuth": auth_config.get("activeDirectoryAuth") or "Disabled",
         "passwordAuth": auth_config.get("passwordAuth") or "Enabled",
         "tenantId": auth_config.get("tenantId"),
-    }, dict((a["properties"]["objectId"].lower(), admin_summary(a)) for a in admins)
+    }, dict((a["properties"]["objectId"].lower(), admin_summary(a)) for a in admins), replication
+
+
+def replica_summary(replica):
+    """``{name, resource_group, id, replication_role}`` of a server listed by ``flexibleServers/{s}/replicas``."""
+    parts = replica["id"].split("/")
+    lowered = [p.lower() for p in parts]
+    resource_group = parts[lowered.index("resourcegroups") + 1] if "resourcegroups" in lowered else None
+    return {"name": replica.get("name") or parts[-1], "resource_group": resource_group, "id": replica["id"],
+            "replication_role": (replica.get("properties") or {}).get("replicationRole")}
 
 
 def admin_summary(admin):
@@ -194,7 +235,7 @@ def main():
     if tenant_id and not is_guid(tenant_id):
         mod.fail("tenant_id %r is not a GUID" % tenant_id)
 
-    auth_config, admins = read_current(mod)
+    auth_config, admins, replication = read_current(mod)
     want_ad = enabled(params["active_directory_auth"]) or auth_config["activeDirectoryAuth"]
     want_pw = enabled(params["password_auth"]) or auth_config["passwordAuth"]
     to_add = [a for a in params["administrators"] if not same_admin(admins.get(a["object_id"].lower()), a)]
@@ -203,6 +244,10 @@ def main():
     replaced = set(a["object_id"].lower() for a in to_add + to_remove)
     admins_after = [a for key, a in admins.items() if key not in replaced] + [dict(a) for a in to_add]
 
+    if replication["source_server_id"] and (to_add or to_remove):
+        mod.fail("server %s is a read replica of %s: its Entra administrators are its primary's (the roles replicate "
+                 "from it); add or remove them on the primary" % (params["name"],
+                                                                  replication["source_server_id"].rsplit("/", 1)[-1]))
     # Refuse what would lock everyone out, before any write.
     if admins and not admins_after:
         mod.fail("purge_administrators would remove every Entra administrator of %s: list at least one in "
@@ -250,7 +295,7 @@ def main():
     mod.exit(bool(steps),
              before={"authConfig": auth_config, "administrators": by_object_id(admins.values())},
              after={"authConfig": final, "administrators": by_object_id(admins_after)},
-             auth_config=final, administrators=by_object_id(admins_after), operations=operations)
+             auth_config=final, administrators=by_object_id(admins_after), operations=operations, **replication)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ description:
   - A server has one Entra administrator. An existing one that is not O(administrator) is never replaced silently.
     The module fails and names it, unless O(replace_administrator=true). Microsoft's Service Connector, by
     contrast, replaces it with the caller.
+  - It also returns the servers this one is geo-replicated with through failover groups (RV(failover_partners), from
+    C(servers/{server}/failoverGroups)). Each partner has its own Entra administrator and Entra-only setting, and
+    Microsoft requires the Entra administrator on both the primary and the secondary.
 author: csa-inabox core team (@csa-inabox)
 options:
   name:
@@ -90,6 +93,14 @@ azure_ad_only_authentication:
   description: Whether Entra-only authentication is on after the change.
   returned: always
   type: bool
+failover_partners:
+  description: The partner servers of this server's failover groups, each with C(name), C(resource_group), C(id),
+    C(replication_role) (the partner's role, C(Primary) or C(Secondary)) and C(failover_group).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "sql-prod-dr", "resource_group": "rg-dr", "replication_role": "Secondary",
+            "failover_group": "fg-prod", "id": "/subscriptions/.../resourceGroups/rg-dr/providers/Microsoft.Sql/servers/sql-prod-dr"}]
 operations:
   description: The ARM writes made (or planned, in check mode), in order.
   returned: always
@@ -128,7 +139,25 @@ def read_current(mod):
         entra_only = bool(only.get("azureADOnlyAuthentication"))
     except ResourceNotFoundError:
         entra_only = False
-    return admin, entra_only
+    try:
+        groups = [as_dict(g) for g in ops.failover_groups.list_by_server(rg, name)]
+    except Exception as exc:
+        mod.fail("could not list the failover groups of Azure SQL server %s" % name, exc)
+    return admin, entra_only, failover_partners(groups)
+
+
+def failover_partners(groups):
+    """The partner servers of failover groups (``servers/{s}/failoverGroups`` items), one entry per server."""
+    partners = {}
+    for group in groups:
+        for partner in (group.get("properties") or {}).get("partnerServers") or []:
+            parts = partner["id"].split("/")
+            lowered = [p.lower() for p in parts]
+            resource_group = parts[lowered.index("resourcegroups") + 1] if "resourcegroups" in lowered else None
+            partners.setdefault(partner["id"].lower(), {
+                "name": parts[-1], "resource_group": resource_group, "id": partner["id"],
+                "replication_role": partner.get("replicationRole"), "failover_group": group.get("name")})
+    return [partners[key] for key in sorted(partners)]
 
 
 def same_admin(current, wanted):
@@ -159,7 +188,7 @@ def main():
     if tenant_id and not is_guid(tenant_id):
         mod.fail("tenant_id %r is not a GUID" % tenant_id)
 
-    admin, entra_only = read_current(mod)
+    admin, entra_only, partners = read_current(mod)
     rg, name = params["resource_group"], params["name"]
     steps = []
     admin_after = admin
@@ -189,7 +218,8 @@ def main():
 
     mod.exit(bool(steps), before={"administrator": admin, "azure_ad_only_authentication": entra_only},
              after={"administrator": admin_after, "azure_ad_only_authentication": only_after},
-             administrator=admin_after, azure_ad_only_authentication=only_after, operations=operations)
+             administrator=admin_after, azure_ad_only_authentication=only_after, operations=operations,
+             failover_partners=partners)
 
 
 if __name__ == "__main__":

@@ -117,20 +117,29 @@ class RunningLab:
         assert not JWT.search(text), "a token leaked"
 
 
-def running_lab():
-    """Start a fresh lab, yield it as a :class:`RunningLab`, stop and remove it."""
+def running_lab(topology: pathlib.Path | None = None):
+    """Start a fresh lab (of ``lab/topology.yml``, or of ``topology`` through ``LAB_TOPOLOGY``), yield it as a
+    :class:`RunningLab`, stop and remove it."""
     state = pathlib.Path(tempfile.mkdtemp(prefix="mi-lab-"))
-    running = RunningLab(state, free_base())
+    span = 13
+    extra = {}
+    if topology is not None:
+        import yaml
+        from azurelab import fleet  # tests/conftest.py puts lab/ on the path
+
+        span = fleet.port_span(yaml.safe_load(topology.read_text()))
+        extra["LAB_TOPOLOGY"] = str(topology)
+    running = RunningLab(state, free_base(span))
+    lab_env = dict(os.environ, LAB_STATE_DIR=str(state), LAB_PORT_BASE=str(running.base),
+                   PYTHONPATH=str(REPO / "lab"), **extra)
     started = subprocess.run([sys.executable, "-m", "azurelab", "up"], cwd=REPO, capture_output=True, text=True,
-                             env=dict(os.environ, LAB_STATE_DIR=str(state), LAB_PORT_BASE=str(running.base),
-                                      PYTHONPATH=str(REPO / "lab")), timeout=120, check=False)
+                             env=lab_env, timeout=180, check=False)
     assert started.returncode == 0, started.stderr + started.stdout
     try:
         yield running
     finally:
         subprocess.run([sys.executable, "-m", "azurelab", "down"], cwd=REPO, capture_output=True, timeout=60,
-                       env=dict(os.environ, LAB_STATE_DIR=str(state), LAB_PORT_BASE=str(running.base),
-                                PYTHONPATH=str(REPO / "lab")), check=False)
+                       env=lab_env, check=False)
         shutil.rmtree(state, ignore_errors=True)
 
 

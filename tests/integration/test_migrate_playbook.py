@@ -25,6 +25,8 @@ SQL_APPS = {"inventory-api": "mi-inventory-api", "audit-reader": "mi-audit-reade
             "webapp": "mi-webapp"}
 COSMOS_APPS = {"catalog-api": "mi-catalog-api", "search-indexer": "mi-search-indexer"}
 APPS = {**PG_APPS, **SQL_APPS, **COSMOS_APPS}
+# The cutover play's hosts, one per server (roles/cutover/tasks/servers.yml); a limited run names their group too.
+SERVER_HOSTS = {"postgres/pg-lab", "sql/sql-lab", "sql/sql-lab-2", "cosmos/cosmos-lab"}
 VMS = {"orders-api": "vm-orders", "reports": "vm-reports", "billing-worker": "vm-billing",
        "inventory-api": "vm-inventory", "audit-reader": "vm-audit", "ledger": "vm-ledger",
        "catalog-api": "vm-catalog", "search-indexer": "vm-search"}
@@ -240,6 +242,12 @@ def test_migrate_moves_every_application_to_its_identity(lab):
             assert db["password_auth"] == "Disabled"
             assert app["vault"]["decommissioned"] is True and app["vault"]["backup"]
     assert vault_roles_or_none(lab) is None  # every role gone, and the mount lists nothing
+    # pg-lab's read replica and sql-lab's failover partner, found through ARM, were switched with their servers.
+    replica = run_module(lab, "pg_server_entra", name="pg-lab-replica", resource_group="rg-lab-data")
+    assert replica["auth_config"]["activeDirectoryAuth"] == "Enabled" and replica["auth_config"]["passwordAuth"] == \
+        "Disabled" and replica["source_server_id"].endswith("/flexibleServers/pg-lab")
+    partner = run_module(lab, "sql_server_entra", name="sql-lab-dr", resource_group="rg-lab-data")
+    assert partner["azure_ad_only_authentication"] is True and partner["administrator"]["login"] == "mi-operator"
     text = (lab.state / "reports" / "migration-report.txt").read_text()
     assert 'user "mi-ledger"' in text and "roles           db_datareader, ledger_writer" in text
     assert 'CURRENT_USER = "mi-audit-reader"' in text and "(from the identity's client id)" in text
@@ -300,7 +308,7 @@ def test_a_second_run_changes_nothing_and_writes_nothing_to_arm(lab):
     run = lab.playbook("playbooks/migrate.yml")
     assert run.returncode == 0, run.stdout[-4000:]
     summary = recap(run.stdout)
-    assert set(summary) == set(APPS)
+    assert set(summary) == set(APPS) | SERVER_HOSTS
     assert all(host["changed"] == 0 and host["failed"] == 0 for host in summary.values()), summary
     assert lab.arm_counters()["writes"] == writes
     assert sql_catalog_snapshot(lab) == sql_catalog
@@ -362,7 +370,8 @@ def test_an_application_that_fails_is_reported_and_keeps_its_server_out_of_cutov
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
     # Only the PostgreSQL server's applications: the others are migrated already, and not in play they count as not
     # passed, which keeps their servers as they are.
-    run = lab.playbook("playbooks/migrate.yml", "--limit", ",".join(PG_APPS), inventory=str(inventory))
+    run = lab.playbook("playbooks/migrate.yml", "--limit", ",".join([*PG_APPS, "mi_cutover_servers"]),
+                       inventory=str(inventory))
     assert run.returncode != 0
     assert "grants[1].schema: schema 'analytics' does not exist in database appdb" in run.stdout
     assert recap(run.stdout)["reports"]["failed"] == 1
@@ -370,6 +379,8 @@ def test_an_application_that_fails_is_reported_and_keeps_its_server_out_of_cutov
               json.loads((lab.state / "reports" / "migration-report.json").read_text())}
     assert report["reports"]["failed"] is True and "orders-api" in report
     assert "reports: FAILED" in (lab.state / "reports" / "migration-report.txt").read_text()
+    assert "pg-lab stays on passwords: applications of it did not pass verify and evidence in this run (or were not " \
+        "in it): reports" in " ".join(run.stdout.split())
 
 
 def test_rollback_gives_a_cosmos_application_its_key_back_and_migrate_converges_again(lab):
@@ -384,7 +395,7 @@ def test_rollback_gives_a_cosmos_application_its_key_back_and_migrate_converges_
     again = lab.playbook("playbooks/rollback.yml", "--limit", "catalog-api")
     assert again.returncode == 0 and recap(again.stdout)["catalog-api"]["changed"] == 0, again.stdout[-3000:]
 
-    migrate = lab.playbook("playbooks/migrate.yml", "--limit", ",".join(COSMOS_APPS))
+    migrate = lab.playbook("playbooks/migrate.yml", "--limit", ",".join([*COSMOS_APPS, "mi_cutover_servers"]))
     assert migrate.returncode == 0, migrate.stdout[-4000:]
     report = {app["application"]: app for app in
               json.loads((lab.state / "reports" / "migration-report.json").read_text())}

@@ -285,6 +285,20 @@ def test_throttling_is_retried_and_counted(control_plane):
     assert control_plane.lab_api("GET", "counters")["PATCH"] == 2
 
 
+def test_grant_faults_are_set_listed_and_cleared_through_the_lab_api(control_plane):
+    fault = control_plane.lab_api("POST", "grant-faults", {"server": PG, "role": "mi-orders-api", "schema": "orders"})
+    wanted = {"server": PG, "role": "mi-orders-api", "schema": "orders"}
+    assert {k: fault[k] for k in wanted} == wanted
+    assert control_plane.lab_api("GET", "grant-faults")["value"] == [fault]
+    assert control_plane.lab.arm.grant_faults(PG, "mi-orders-api") == [fault]
+    assert control_plane.lab.arm.grant_faults(PG, "mi-reports") == []
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        control_plane.lab_api("POST", "grant-faults", {"role": "mi-orders-api"})
+    assert bad.value.code == 400
+    assert control_plane.lab_api("DELETE", "grant-faults") == {"value": []}
+    assert control_plane.lab.arm.grant_faults() == []
+
+
 def test_reads_do_not_move_write_counters(control_plane):
     msi = control_plane.client(ManagedServiceIdentityClient)
     compute = control_plane.client(ComputeManagementClient)

@@ -38,6 +38,24 @@ def test_token_login_as_shim_principal(pg_stack, managed_identity):
         assert conn.execute("SELECT count(*) FROM orders.orders").fetchone()[0] == 2
 
 
+def test_a_grant_fault_takes_the_grant_away_at_login(pg_stack, managed_identity):
+    """The lab's grant fault (``/lab/grant-faults``): the server revokes the role's table privileges as it signs in,
+    so its query fails with PostgreSQL's own error; another role, and the role once the fault is gone, are served."""
+    role = managed_identity["role"]
+    pg_stack.front.grant_faults = lambda user: [{"server": "pg-lab", "role": role, "schema": "orders"}] \
+        if user == role else []
+    try:
+        with pg_stack.connect(role, pg_stack.token(managed_identity)) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table orders"):
+                conn.execute("SELECT count(*) FROM orders.orders")
+    finally:
+        pg_stack.front.grant_faults = lambda user: []
+        with pg_stack.connect(pg_stack.lab.admin_login, pg_stack.lab.admin_password()) as conn:
+            conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA orders TO "{role}"')
+    with pg_stack.connect(role, pg_stack.token(managed_identity)) as conn:
+        assert conn.execute("SELECT count(*) FROM orders.orders").fetchone()[0] == 2
+
+
 def test_token_of_another_principal_is_refused(pg_stack, managed_identity):
     other = dict(managed_identity, object_id=str(uuid.uuid4()))
     assert 'password authentication failed for user "mi-orders-api"' in refused(

@@ -2,6 +2,7 @@
 # published, with its indentation restored. tests/integration/test_rollback.py changes only the addresses, the AppRole
 # ids and the KV path (to the lab's) before running it on the catalog API's VM, from stdin (the secret id is on no
 # command line). Building the client reads the account with the key, so it fails when the key is refused.
+# secrets_scan's tests also read it, as what an application still on Vault looks like.
 import hvac
 from azure.cosmos import CosmosClient
 

@@ -1,0 +1,113 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to csa_inabox.managed_identity
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Azure RBAC action matching and management-lock evaluation (pure functions; no SDK here).
+
+Azure's rules (https://learn.microsoft.com/azure/role-based-access-control/role-definitions):
+
+* An action string is ``{Company}.{ProviderName}/{resourceType}/{action}``; Azure compares them case-insensitively.
+* ``*`` in ``actions``/``notActions`` is a wildcard for any characters (``Microsoft.Compute/*``, ``*/read``,
+  ``Microsoft.Authorization/*/Write``). A ``/*/`` between two segments also matches a single ``/``: Managed Identity
+  Operator's ``userAssignedIdentities/*/assign/action`` is what grants ``userAssignedIdentities/assign/action``.
+* ``notActions`` are subtracted from the ``actions`` of **the same** role: they are not a deny. An action is allowed
+  when at least one permission (one per role assignment, as ``GET {scope}/providers/Microsoft.Authorization/
+  permissions`` lists them) has a matching action and no matching notAction. Deny assignments are not part of that
+  answer and are not evaluated here.
+* Locks (``Microsoft.Authorization/locks``) apply to the scope they are set on and everything below it, whoever the
+  caller: ``ReadOnly`` refuses every write and delete (and POST actions such as ``listKeys``); ``CanNotDelete``
+  refuses deletes only.
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+
+# The built-in roles that grant each action this collection needs, narrowest first
+# (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
+ROLE_HINTS = {
+    "microsoft.managedidentity/userassignedidentities/write": "Managed Identity Contributor",
+    "microsoft.managedidentity/userassignedidentities/delete": "Managed Identity Contributor",
+    "microsoft.managedidentity/userassignedidentities/federatedidentitycredentials/write":
+        "Managed Identity Contributor",
+    "microsoft.managedidentity/userassignedidentities/assign/action": "Managed Identity Operator",
+    "microsoft.compute/virtualmachines/write": "Virtual Machine Contributor",
+    "microsoft.compute/virtualmachinescalesets/write": "Virtual Machine Contributor",
+    "microsoft.web/sites/write": "Website Contributor",
+    "microsoft.web/sites/config/write": "Website Contributor",
+    "microsoft.web/sites/config/list/action": "Website Contributor",
+    "microsoft.app/containerapps/write": "Container Apps Contributor",
+    "microsoft.containerservice/managedclusters/write": "Azure Kubernetes Service Contributor Role",
+    "microsoft.containerservice/managedclusters/listclusterusercredential/action":
+        "Azure Kubernetes Service Cluster User Role",
+    "microsoft.dbforpostgresql/flexibleservers/write": "Contributor (or a custom role: there is no narrower built-in)",
+    "microsoft.dbforpostgresql/flexibleservers/administrators/write":
+        "Contributor (or a custom role: there is no narrower built-in)",
+    "microsoft.sql/servers/administrators/write": "SQL Server Contributor",
+    "microsoft.sql/servers/azureadonlyauthentications/write":
+        "SQL Security Manager (SQL Server Contributor excludes it in its notActions)",
+    "microsoft.documentdb/databaseaccounts/sqlroleassignments/write": "DocumentDB Account Contributor",
+    "microsoft.documentdb/databaseaccounts/write": "DocumentDB Account Contributor",
+    "microsoft.documentdb/databaseaccounts/regeneratekey/action": "DocumentDB Account Contributor",
+    "microsoft.documentdb/databaseaccounts/listkeys/action": "DocumentDB Account Contributor",
+}
+
+
+def _pattern(wildcard):
+    """A compiled regex for one Azure action pattern (see the module docstring)."""
+    parts = []
+    for index, piece in enumerate(wildcard.split("/*/")):
+        if index:
+            parts.append("/(?:.*/)?")
+        parts.append(".*".join(re.escape(chunk) for chunk in piece.split("*")))
+    return re.compile("".join(parts) + r"\Z", re.IGNORECASE)
+
+
+def action_matches(wildcard, action):
+    """True when the ``actions``/``notActions`` entry ``wildcard`` covers the concrete ``action``."""
+    return bool(_pattern(wildcard).match(action))
+
+
+def permission_allows(permission, action):
+    """One permission entry (``{actions, notActions}``, snake_case ``not_actions`` accepted) and one action."""
+    actions = permission.get("actions") or []
+    not_actions = permission.get("notActions", permission.get("not_actions")) or []
+    return (any(action_matches(p, action) for p in actions)
+            and not any(action_matches(p, action) for p in not_actions))
+
+
+def allowed(permissions, action):
+    """True when any of the caller's ``permissions`` at a scope allows ``action`` (notActions per role)."""
+    return any(permission_allows(permission, action) for permission in permissions)
+
+
+def missing_actions(permissions, actions):
+    """The ``actions`` that ``permissions`` do not allow, in the order given."""
+    return [action for action in actions if not allowed(permissions, action)]
+
+
+def role_hint(action):
+    return ROLE_HINTS.get(action.lower(), "a role whose actions include it (see the Azure built-in roles)")
+
+
+def blocking_locks(locks, deletes=False):
+    """The locks that refuse this run's requests: every ``ReadOnly``, and ``CanNotDelete`` when ``deletes``.
+
+    ``locks``: ``[{id, name, level}]`` (``level``: ``ReadOnly``, ``CanNotDelete``; ARM's ``NotSpecified`` refuses
+    nothing). Returns them in the order given.
+    """
+    refused = ("readonly", "cannotdelete") if deletes else ("readonly",)
+    return [lock for lock in locks if str(lock.get("level") or "").lower() in refused]
+
+
+def lock_scope(lock_id):
+    """The scope a lock is set on: its id without ``/providers/Microsoft.Authorization/locks/{name}``."""
+    match = re.search(r"/providers/Microsoft\.Authorization/locks/[^/]+\Z", lock_id or "", re.IGNORECASE)
+    return lock_id[:match.start()] if match else lock_id
+
+
+def lock_applies(scope_of_lock, target):
+    """True when a lock set on ``scope_of_lock`` covers ``target`` (the same scope or one above it). Listing the locks
+    of a resource group also returns those of the resources in it, which do not stop a write elsewhere in the group."""
+    lock, wanted = (scope_of_lock or "").rstrip("/").lower(), (target or "").rstrip("/").lower()
+    return wanted == lock or wanted.startswith(lock + "/")

@@ -1,0 +1,337 @@
+"""Issue 6's "Done when" on a lab fleet of 20 applications across the four parts (``python -m azurelab fleet``):
+one application whose grant the database takes away keeps its server out of cutover while the other servers are cut
+over, and ``migrate.yml`` killed at three points (identity, grant, cutover) converges with a plain re-run.
+
+The tests of this module run in order on one lab (pytest keeps a file's tests in order; ``--dist loadfile`` keeps
+them on one worker), each one continuing the story of the one before:
+
+1. run 1, killed (SIGKILL of ansible-playbook and every process under it) in the identity phase, some attachments
+   done;
+2. run 2, killed (SIGTERM) in the grant phase, some PostgreSQL principals made and others on their way;
+3. run 3, killed (SIGKILL) in cutover, one server switched and the others not yet;
+4. run 4 runs to the end: ``fleet-005-pg``'s verify fails with PostgreSQL's "permission denied" (its grant is taken
+   away at its login by the lab's grant fault, on during runs 1-4), ``pg-lab`` keeps its passwords and its Vault
+   roles, the three Azure SQL servers are Entra-only and the Cosmos DB account refuses keys;
+5. the grant fault cleared, run 5 converges: every application verified and switched, every grant in place, the Vault
+   roles' backups all there, ``pg-lab`` refuses passwords;
+6. run 6 changes nothing and writes nothing to ARM.
+
+Outcomes are read in the lab (ARM state, the PostgreSQL and Azure SQL catalogs, OpenBao, the password probe), not
+from task names: the run is only watched to know when to kill it. The kill points are found by the role each TASK
+header names. The wall time of every run is printed (``-s``) and recorded as a test property. A rollback step
+(``playbooks/rollback.yml``, then the demo apps' "before" code working again) belongs after the last test.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+import yaml
+from azurelab import sqlcatalog
+
+from labrunner import REPO, VENV_BIN, running_lab
+
+FLEET_APPS = 20
+FAULTED_APP, FAULTED_ROLE = "fleet-005-pg", "mi-fleet-005-pg"  # read-write on schema orders
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+TASK = re.compile(r"^TASK \[(?:[\w-]+\.[\w-]+\.)?([\w-]+) : ")
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> dict:
+    """The generated fleet: ``{"topology", "inventory", "applications": {name: kind}}`` plus the inventory's hosts."""
+    out = tmp_path_factory.mktemp("fleet")
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "azurelab", "fleet", "--apps", str(FLEET_APPS), "--out", str(out)],
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO / "lab")), capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    TIMINGS["generate"] = time.monotonic() - started
+    hosts = yaml.safe_load((out / "inventory" / "hosts.yml").read_text())["all"]["children"]["applications"]["hosts"]
+    topology = yaml.safe_load((out / "topology.yml").read_text())
+    return {"topology": out / "topology.yml", "inventory": str(out / "inventory"), "hosts": hosts,
+            "apps": {app["name"]: app for app in topology["applications"]}}
+
+
+@pytest.fixture(scope="module")
+def lab(fleet):
+    """A fresh lab of the fleet's topology (``LAB_TOPOLOGY``), for this module."""
+    yield from running_lab(fleet["topology"])
+
+
+def recap(output: str) -> dict:
+    return {host: {"changed": int(c), "failed": int(f), "unreachable": int(u)}
+            for host, _ok, c, u, f in RECAP.findall(output)}
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (Ansible's workers start sessions of their own: a process group is not enough)."""
+    children: dict[int, list[int]] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def kill_tree(pids: list[int], sig) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def migrate(lab, fleet, name: str, kill_when=None, sig=signal.SIGKILL) -> tuple[int, str]:
+    """Run ``migrate.yml`` on the fleet, watching its output; ``kill_when(role, line, state)`` returning True kills its
+    whole process group with ``sig``. Returns the exit status and the output; records the wall time as ``name``."""
+    env = dict(lab.env, PYTHONUNBUFFERED="1")
+    started = time.monotonic()
+    process = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", fleet["inventory"], "playbooks/migrate.yml"],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    lines, state, killed, tree = [], {"role": None, "changed": {}}, False, []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            header = TASK.match(line)
+            if header:
+                state["role"] = header.group(1)
+            elif line.startswith("changed: [") and state["role"]:
+                state["changed"][state["role"]] = state["changed"].get(state["role"], 0) + 1
+            if kill_when and not killed and kill_when(state["role"], line, state):
+                tree = process_tree(process.pid)
+                kill_tree(tree, sig)
+                killed = True
+        status = process.wait(timeout=900)
+    finally:
+        if process.poll() is None:
+            tree = process_tree(process.pid)
+            kill_tree(tree, signal.SIGKILL)
+            process.wait()
+        kill_tree(tree[1:], signal.SIGKILL)  # a worker that outlived its controller would wait forever
+    TIMINGS[name] = time.monotonic() - started
+    output = "".join(lines)
+    lab.assert_no_secret_in(output)
+    if kill_when:
+        assert killed, f"{name}: the kill point never came:\n{output[-3000:]}"
+        assert status != 0
+    return status, output
+
+
+def kinds(fleet, *wanted: str) -> list[str]:
+    """The fleet's applications of these database types (``postgres``, ``sql``, ``cosmos``)."""
+    return [name for name, host in fleet["hosts"].items() if host["mi_databases"][0]["type"] in wanted]
+
+
+def arm(lab) -> dict:
+    """Resource name -> properties, for the servers and accounts of the ARM double."""
+    types = ("Microsoft.DBforPostgreSQL/flexibleServers", "Microsoft.Sql/servers",
+             "Microsoft.DocumentDB/databaseAccounts")
+    return {r["name"]: r["properties"] for r in lab.lab_api("GET", "state")["resources"] if r["type"] in types}
+
+
+def entra_only(properties: dict) -> bool:
+    return bool((properties.get("administrators") or {}).get("azureADOnlyAuthentication"))
+
+
+def password_login(lab, server: str) -> str:
+    """``accepted`` or ``refused``: the lab probe tries the server admin's password (the account key for Cosmos DB)."""
+    run = lab.lab("azurelab.probe", "password-login", server)
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+    return json.loads(run.stdout)["password_login"]
+
+
+def superuser(lab, dbname="appdb"):
+    return psycopg.connect(host=str(lab.state / "pg" / "run"), dbname=dbname, user="postgres")
+
+
+def missing_pg_grants(lab, fleet) -> list[str]:
+    """Every table, sequence and schema privilege the inventory lists that the principal lacks in the real catalog."""
+    missing = []
+    with superuser(lab) as conn:
+        for app in kinds(fleet, "postgres"):
+            role = fleet["hosts"][app]["mi_identity"]["name"]
+            for grant in fleet["hosts"][app]["mi_databases"][0]["grants"]:
+                kind = grant["object_type"]
+                if kind == "database":
+                    objects, check = ["appdb"], "has_database_privilege"
+                elif kind == "schema":
+                    objects, check = [grant["schema"]], "has_schema_privilege"
+                else:
+                    relkind = "r" if kind == "table" else "S"
+                    objects = [f"{grant['schema']}.{name}" for name in grant.get("objects") or [row[0] for row in
+                               conn.execute("SELECT relname FROM pg_class WHERE relkind = %s AND relnamespace = "
+                                            "%s::regnamespace", (relkind, grant["schema"]))]]
+                    check = "has_table_privilege" if kind == "table" else "has_sequence_privilege"
+                for name in objects:
+                    for privilege in grant["privileges"]:
+                        if not conn.execute(f"SELECT {check}(%s, %s, %s)", (role, name, privilege)).fetchone()[0]:
+                            missing.append(f"{role}: {privilege} on {name}")
+    return missing
+
+
+def sql_roles(lab, server: str, database: str, user: str) -> list[str] | None:
+    """The roles ``user`` is a member of in the Azure SQL double's catalog (None: no such user)."""
+    uri = (lab.state / "sql" / f"{server}.sqlite").as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        conn.create_collation(sqlcatalog.COLLATION, sqlcatalog.collate)  # names compare as SQL Server's do
+        found = conn.execute("SELECT p.database_id, p.principal_id FROM principals p JOIN databases d USING "
+                             "(database_id) WHERE d.name = ? AND p.name = ?", (database, user)).fetchone()
+        if found is None:
+            return None
+        return sorted(row[0] for row in conn.execute(
+            "SELECT r.name FROM role_members m JOIN principals r ON r.database_id = m.database_id AND "
+            "r.principal_id = m.role_principal_id WHERE m.database_id = ? AND m.member_principal_id = ?", found))
+
+
+def vault():
+    import hvac
+
+    return hvac
+
+
+def vault_client(lab):
+    return vault().Client(url=lab.env["VAULT_ADDR"], token=(lab.state / "openbao" / "token").read_text().strip())
+
+
+def vault_roles(lab) -> list[str]:
+    try:
+        return sorted(vault_client(lab).secrets.database.list_roles(mount_point="database")["data"]["keys"])
+    except vault().exceptions.InvalidPath:
+        return []
+
+
+def demo_app_mode(lab, app: str) -> str:
+    return json.loads((lab.state / "apps" / f"{app}.json").read_text())["mode"]
+
+
+def test_the_fleet_spans_the_four_parts(lab, fleet):
+    workloads = {host["mi_workload"]["type"] for host in fleet["hosts"].values()}
+    assert len(fleet["hosts"]) == FLEET_APPS and workloads == {"vm", "app_service", "aks"}
+    assert {db["type"] for host in fleet["hosts"].values() for db in host["mi_databases"]} == {"postgres", "sql",
+                                                                                               "cosmos"}
+    assert sorted({db["server"] for app in kinds(fleet, "sql") for db in fleet["hosts"][app]["mi_databases"]}) == [
+        "sql-fleet-3", "sql-lab", "sql-lab-2"]
+    assert sum(host["mi_workload"]["type"] == "aks" for host in fleet["hosts"].values()) >= 3
+    assert vault_roles(lab) == sorted(fleet["hosts"][app]["mi_vault_database_role"] for app in kinds(fleet, "postgres"))
+    fault = lab.lab_api("POST", "grant-faults", {"server": "pg-lab", "role": FAULTED_ROLE, "schema": "orders"})
+    assert fault["role"] == FAULTED_ROLE
+
+
+def test_a_run_killed_during_identity(lab, fleet):
+    created = len(fleet["hosts"])  # the first identity task makes one identity per application
+
+    def attaching(role, line, state):
+        return role == "identity" and state["changed"].get("identity", 0) >= created + 2
+
+    migrate(lab, fleet, "run 1 (killed in identity)", attaching, signal.SIGKILL)
+
+
+def test_a_run_killed_during_grant(lab, fleet):
+    def granting(role, line, state):  # the first principal made, the others on their way (20 forks)
+        return role == "grant" and state["changed"].get("grant", 0) >= 1
+
+    migrate(lab, fleet, "run 2 (killed in grant)", granting, signal.SIGTERM)
+
+
+def test_a_run_killed_during_cutover(lab, fleet):
+    def switching(role, line, state):
+        return role == "cutover" and state["changed"].get("cutover", 0) >= 1
+
+    migrate(lab, fleet, "run 3 (killed in cutover)", switching, signal.SIGKILL)
+    servers = arm(lab)
+    assert servers["pg-lab"]["authConfig"]["passwordAuth"] == "Enabled"
+
+
+def test_an_application_whose_grant_is_gone_keeps_its_server_out_of_cutover(lab, fleet):
+    status, output = migrate(lab, fleet, "run 4 (grant fault on)")
+    assert status != 0
+    summary = recap(output)
+    assert set(summary) == set(fleet["hosts"])
+    assert summary[FAULTED_APP]["failed"] == 1, summary[FAULTED_APP]
+    assert all(host["failed"] == 0 and host["unreachable"] == 0 for app, host in summary.items()
+               if app != FAULTED_APP), summary
+    assert "permission denied for table orders" in output
+    servers = arm(lab)
+    assert servers["pg-lab"]["authConfig"]["passwordAuth"] == "Enabled"
+    assert password_login(lab, "pg-lab") == "accepted"
+    for server in ("sql-lab", "sql-lab-2", "sql-fleet-3"):
+        assert entra_only(servers[server]), server
+        assert password_login(lab, server) == "refused", server
+    assert servers["cosmos-lab"]["disableLocalAuth"] is True
+    # The failed application is left as it was: its Vault role, its "before" code.
+    assert fleet["hosts"][FAULTED_APP]["mi_vault_database_role"] in vault_roles(lab)
+    assert demo_app_mode(lab, FAULTED_APP) == "vault"
+    before = lab.lab("azurelab.demo_app", FAULTED_APP)
+    lab.assert_no_secret_in(before.stdout + before.stderr)
+    result = json.loads(before.stdout)
+    assert result["ok"] and result["mode"] == "vault" and result["connected_as"] != FAULTED_ROLE, result
+    others = [app for app in fleet["hosts"] if app != FAULTED_APP]
+    assert all(demo_app_mode(lab, app) == "identity" for app in others if fleet["hosts"][app]["mi_workload"]["type"]
+               != "aks")
+
+
+def test_a_plain_rerun_converges_with_every_application_verified(lab, fleet):
+    assert lab.lab_api("DELETE", "grant-faults") == {"value": []}
+    status, output = migrate(lab, fleet, "run 5 (converge)")
+    assert status == 0, output[-4000:]
+    assert all(host["failed"] == 0 for host in recap(output).values())
+    report = {app["application"]: app for app in
+              json.loads((lab.state / "reports" / "migration-report.json").read_text())}
+    assert set(report) == set(fleet["hosts"])
+    for app, entry in report.items():
+        [db] = entry["databases"]
+        cosmos = fleet["hosts"][app]["mi_databases"][0]["type"] == "cosmos"  # no users: the token's principal
+        expected = entry["identity"]["principal_id"] if cosmos else fleet["hosts"][app]["mi_identity"]["name"]
+        assert db["login_verified_as"] == expected, (app, db)
+        assert entry["switched"] is True, app
+    assert missing_pg_grants(lab, fleet) == []
+    for app in kinds(fleet, "sql"):
+        db = fleet["hosts"][app]["mi_databases"][0]
+        assert sql_roles(lab, db["server"], db["database"], fleet["hosts"][app]["mi_identity"]["name"]) == \
+            sorted(db["roles"]), app
+    assignments = [r["properties"]["principalId"] for r in lab.lab_api("GET", "state")["resources"]
+                   if r["type"] == "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments"]
+    assert sorted(assignments) == sorted(report[app]["identity"]["principal_id"] for app in kinds(fleet, "cosmos"))
+    servers = arm(lab)
+    assert servers["pg-lab"]["authConfig"]["passwordAuth"] == "Disabled" and password_login(lab, "pg-lab") == "refused"
+    assert all(entra_only(servers[s]) for s in ("sql-lab", "sql-lab-2", "sql-fleet-3"))
+    assert servers["cosmos-lab"]["disableLocalAuth"] is True
+    # Nothing lost: every Vault role retired has its backup, every KV secret is soft-deleted (undelete brings it back).
+    assert vault_roles(lab) == []
+    backups = sorted(p.stem for p in (lab.state / "backups" / "database" / "roles").glob("*.json"))
+    assert backups == sorted(fleet["hosts"][app]["mi_vault_database_role"] for app in kinds(fleet, "postgres"))
+    kv = vault_client(lab).secrets.kv.v2
+    for app in kinds(fleet, "sql", "cosmos"):
+        versions = kv.read_secret_metadata(path=fleet["hosts"][app]["mi_vault_kv_secret"], mount_point="secret")
+        current = versions["data"]["versions"][str(versions["data"]["current_version"])]
+        assert current["deletion_time"] and not current["destroyed"], app
+
+
+def test_a_final_rerun_changes_nothing(lab, fleet, record_property):
+    writes = lab.arm_counters()["writes"]
+    status, output = migrate(lab, fleet, "run 6 (changed=0)")
+    assert status == 0, output[-4000:]
+    summary = recap(output)
+    assert set(summary) == set(fleet["hosts"])
+    assert all(host["changed"] == 0 and host["failed"] == 0 for host in summary.values()), summary
+    assert lab.arm_counters()["writes"] == writes
+    for name, seconds in TIMINGS.items():
+        record_property(name, round(seconds, 1))
+    print("\nfleet of", FLEET_APPS, "applications, wall times:",
+          ", ".join(f"{name} {seconds:.0f} s" for name, seconds in TIMINGS.items()))
