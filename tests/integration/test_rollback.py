@@ -96,7 +96,9 @@ def server_state(lab) -> dict:
     pg = run_module(lab, "pg_server_entra", check=True, name="pg-lab", resource_group="rg-lab-data")
     sql = run_module(lab, "sql_server_entra", check=True, name="sql-lab-2", resource_group="rg-lab-data")
     cosmos = run_module(lab, "cosmos_account_entra", check=True, account_name="cosmos-lab", resource_group="rg-lab-data")
+    replica = run_module(lab, "pg_server_entra", check=True, name="pg-lab-replica", resource_group="rg-lab-data")
     return {"pg": pg["auth_config"]["passwordAuth"], "pg_entra": pg["auth_config"]["activeDirectoryAuth"],
+            "pg_replica": replica["auth_config"]["passwordAuth"],
             "sql_entra_only": sql["azure_ad_only_authentication"], "cosmos_keys_off": cosmos["disable_local_auth"]}
 
 
@@ -157,7 +159,7 @@ def test_migrate_decommissions_and_cuts_over(lab, inventory, before):
     run = lab.playbook("playbooks/migrate.yml", inventory=inventory)
     assert run.returncode == 0, run.stdout[-4000:]
     assert_clean(lab, run.stdout + run.stderr, before["secrets"])
-    assert server_state(lab) == {"pg": "Disabled", "pg_entra": "Enabled", "sql_entra_only": True,
+    assert server_state(lab) == {"pg": "Disabled", "pg_entra": "Enabled", "pg_replica": "Disabled", "sql_entra_only": True,
                                  "cosmos_keys_off": True}
     state = vault_state(lab)
     assert state["roles"] == [] and state["connection"] is None
@@ -223,7 +225,7 @@ def test_rollback_of_one_application_says_who_else_gets_passwords_back(lab, inve
     assert_clean(lab, run.stdout + run.stderr, before["secrets"])
     assert ("passwords are on again for all of pg-lab: its applications reports are not rolled back but could now "
             "use a password") in flat(run.stdout)
-    assert server_state(lab) == {"pg": "Enabled", "pg_entra": "Enabled", "sql_entra_only": True,
+    assert server_state(lab) == {"pg": "Enabled", "pg_entra": "Enabled", "pg_replica": "Enabled", "sql_entra_only": True,
                                  "cosmos_keys_off": True}  # other servers untouched
     state = vault_state(lab)
     assert state["roles"] == ["orders-api"] and state["connection"] is not None
@@ -236,7 +238,7 @@ def test_rollback_restores_passwords_keys_vault_and_the_before_code(lab, invento
     run = lab.playbook("playbooks/rollback.yml", inventory=inventory)
     assert run.returncode == 0, run.stdout[-4000:]
     assert_clean(lab, run.stdout + run.stderr, before["secrets"])
-    assert server_state(lab) == {"pg": "Enabled", "pg_entra": "Enabled", "sql_entra_only": False,
+    assert server_state(lab) == {"pg": "Enabled", "pg_entra": "Enabled", "pg_replica": "Enabled", "sql_entra_only": False,
                                  "cosmos_keys_off": False}
 
     state = vault_state(lab)
