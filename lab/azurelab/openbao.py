@@ -15,6 +15,8 @@ the dev banner lines that print it are filtered out of ``logs/openbao.log``.
 * one database role per PostgreSQL application with its ``creation_statements`` and the topology's
   ``vault.revocation_statements`` (without them the plugin's default cannot drop a user that holds privileges outside
   ``public``, so revoking a live lease fails), default TTL 1 h;
+* ``<state>/openbao/<connection>.password`` (0600): the connection's admin password as the operator supplies it to
+  ``playbooks/rollback.yml`` (``mi_vault_connection_password_file``) to recreate the connection after decommission;
 * KV v2 at ``vault.kv_mount`` (the dev server's ``secret/``): per Azure SQL application (``database.type: sql``)
   ``<kv_mount>/<vault_kv_path>`` = ``{"username", "password"}`` of its contained SQL user. OpenBao ships no mssql
   database plugin, so the SQL "before" state is Vault's other pattern, a static secret in KV; the passwords come
@@ -68,6 +70,8 @@ class OpenBaoLab:
         self.ports = ports
         self.addr = f"http://{HOST}:{ports.openbao}"
         self.token_file = paths.root / "openbao" / "token"
+        # What the operator supplies at rollback time to recreate the connection (its admin's password), 0600.
+        self.connection_password_file = paths.root / "openbao" / f"{topology['vault']['connection']}.password"
         self._pid_file = paths.pids / "openbao.pid"
         self._process: subprocess.Popen | None = None
 
@@ -178,6 +182,7 @@ class OpenBaoLab:
                 connection_url=self._connection_url(postgres), username=postgres.admin_login,
                 password=postgres.admin_password())
             changed.append(f"connection {db_mount}/config/{vault['connection']}")
+        _write_private(self.connection_password_file, postgres.admin_password())
         for app in apps:
             if self._db_role_differs(client, app):
                 client.secrets.database.create_role(
@@ -333,14 +338,23 @@ class OpenBaoLab:
         return changed
 
     def restore_app(self, name: str) -> list[str]:
-        """Put a KV-using application (Azure SQL, Cosmos DB) back on Vault, as its old deployment would be after a
-        rollback: its config in vault mode again, with its AppRole role id and a new secret id. The KV secret itself is
-        not touched: bringing it back is the rollback's job (``vault_kv_secret``, ``vault_kv_cosmos_key``). Returns
-        what changed; raises ``KeyError`` for an application that is not a KV-using one of the topology."""
-        app = next(a for a in self.topology["applications"] if a["name"] == name and database_type(a) != "postgres")
-        kv_mount, path = self.topology["vault"]["kv_mount"], app["vault_kv_path"]
-        suffix = {"sql": "sql-secret", "cosmos": "cosmos-key"}[database_type(app)]
-        policy = f'path "{kv_mount}/data/{path}" {{\n  capabilities = ["read"]\n}}\n'
+        """Put an application back on Vault, as its old deployment would be after a rollback: its config in vault mode
+        again (the identity's client id and role name dropped), with its AppRole role id and a new secret id in its
+        0600 file. A PostgreSQL application then asks Vault for a dynamic user of its role again, an Azure SQL or
+        Cosmos DB application reads its KV secret. Neither the Vault role nor the KV secret is touched: bringing them
+        back is the rollback's job (``vault_db_role``, ``vault_kv_secret``, ``vault_kv_cosmos_key``). Returns what
+        changed (``[]`` on a re-run); raises ``KeyError`` for a name that is no application of the topology."""
+        app = next((a for a in self.topology["applications"] if a["name"] == name), None)
+        if app is None:
+            raise KeyError(name)
+        vault = self.topology["vault"]
+        if database_type(app) == "postgres":
+            policy_name = f"{name}-db-creds"
+            policy = f'path "{vault["database_mount"]}/creds/{app["vault_role"]}" {{\n  capabilities = ["read"]\n}}\n'
+        else:
+            suffix = {"sql": "sql-secret", "cosmos": "cosmos-key"}[database_type(app)]
+            policy_name = f"{name}-{suffix}"
+            policy = f'path "{vault["kv_mount"]}/data/{app["vault_kv_path"]}" {{\n  capabilities = ["read"]\n}}\n'
         config_file = self.paths.apps / f"{name}.json"
         config = json.loads(config_file.read_text())
         changed = []
@@ -350,7 +364,7 @@ class OpenBaoLab:
             config["mode"] = "vault"
             config_file.write_text(json.dumps(config, indent=4, sort_keys=True) + "\n")
             changed.append(f"app config {config_file.name}: vault mode")
-        return changed + self._seed_app(self.client(), app, f"{name}-{suffix}", policy, {})
+        return changed + self._seed_app(self.client(), app, policy_name, policy, {})
 
     def _secret_id_valid(self, client: hvac.Client, role: str, secret_id_file: pathlib.Path) -> bool:
         if not secret_id_file.exists():
@@ -403,8 +417,8 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         changed = OpenBaoLab(paths(), topology(), ports()).restore_app(argv[1])
-    except (KeyError, StopIteration):
-        print(f"{argv[1]!r} is not an Azure SQL or Cosmos DB application of the lab", file=sys.stderr)
+    except KeyError:
+        print(f"{argv[1]!r} is not an application of the lab", file=sys.stderr)
         return 2
     print(json.dumps({"app": argv[1], "changed": changed}))
     return 0

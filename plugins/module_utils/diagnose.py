@@ -96,6 +96,10 @@ REMEDIES = (
     (r"Data source name not found|Can't open lib|driver .* not found",
      "The ODBC driver is missing: install Microsoft ODBC Driver 18 for SQL Server (msodbcsql18) and unixODBC, or use "
      "driver: mssql-python."),
+    (r"error verifying connection|error creating database object",
+     "Vault could not log in to the database with the connection's administrator password: check the password "
+     "supplied at rollback (connection_password_file or connection_password_env), and that the server accepts "
+     "passwords again (pg_server_entra password_auth=true) and is reachable from Vault."),
     (r"password authentication failed for user",
      "PostgreSQL refused the login: for a managed identity, the role must be created with "
      "pgaadauth_create_principal_with_oid using the identity's principal (object) id, and the user name must be "

@@ -384,10 +384,6 @@ def test_an_application_that_fails_is_reported_and_keeps_its_server_out_of_cutov
 
 
 def test_rollback_gives_a_cosmos_application_its_key_back_and_migrate_converges_again(lab):
-    writes = lab.arm_counters()["writes"]
-    unwritten = lab.playbook("playbooks/rollback.yml", "--limit", "orders-api")
-    assert unwritten.returncode != 0 and "rolls back Cosmos DB applications only so far" in unwritten.stdout
-    assert lab.arm_counters()["writes"] == writes
     run = lab.playbook("playbooks/rollback.yml", "--limit", "catalog-api")
     assert run.returncode == 0, run.stdout[-4000:]
     lab.assert_no_secret_in(run.stdout + run.stderr)
