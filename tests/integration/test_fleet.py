@@ -19,7 +19,7 @@ them on one worker), each one continuing the story of the one before:
 Outcomes are read in the lab (ARM state, the PostgreSQL and Azure SQL catalogs, OpenBao, the password probe), not
 from task names: the run is only watched to know when to kill it. The kill points are found by the role each TASK
 header names. The wall time of every run is printed (``-s``) and recorded as a test property. A rollback step
-(``playbooks/rollback.yml``, then the demo apps' "before" code working again) belongs after the last test.
+(``playbooks/rollback.yml``, then the demo apps' "before" code working again) is the last test.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ FAULTED_APP, FAULTED_ROLE = "fleet-005-pg", "mi-fleet-005-pg"  # read-write on s
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 TASK = re.compile(r"^TASK \[(?:[\w-]+\.[\w-]+\.)?([\w-]+) : ")
 TIMINGS: dict[str, float] = {}
+SERVER_HOSTS = {"postgres/pg-lab", "sql/sql-lab", "sql/sql-lab-2", "sql/sql-fleet-3", "cosmos/cosmos-lab"}
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +263,9 @@ def test_an_application_whose_grant_is_gone_keeps_its_server_out_of_cutover(lab,
     status, output = migrate(lab, fleet, "run 4 (grant fault on)")
     assert status != 0
     summary = recap(output)
-    assert set(summary) == set(fleet["hosts"])
+    assert set(summary) == set(fleet["hosts"]) | SERVER_HOSTS  # the cutover play's one host per server or account
     assert summary[FAULTED_APP]["failed"] == 1, summary[FAULTED_APP]
+    assert re.search(rf"pg-lab stays on passwords: .*{FAULTED_APP}", output), output[-4000:]
     assert all(host["failed"] == 0 and host["unreachable"] == 0 for app, host in summary.items()
                if app != FAULTED_APP), summary
     assert "permission denied for table orders" in output
@@ -328,9 +330,29 @@ def test_a_final_rerun_changes_nothing(lab, fleet, record_property):
     status, output = migrate(lab, fleet, "run 6 (changed=0)")
     assert status == 0, output[-4000:]
     summary = recap(output)
-    assert set(summary) == set(fleet["hosts"])
+    assert set(summary) == set(fleet["hosts"]) | SERVER_HOSTS
     assert all(host["changed"] == 0 and host["failed"] == 0 for host in summary.values()), summary
     assert lab.arm_counters()["writes"] == writes
+
+
+def test_rollback_restores_password_and_key_login_and_the_vault_roles(lab, fleet, record_property):
+    """``rollback.yml`` on the whole fleet: passwords and keys back on, the Vault roles back from their backups, and
+    every demo app's "before" code (vault mode) signs in again (the rollback role runs it on its VM or App Service app
+    and fails unless it works; AKS applications redeploy their previous manifest, docs/rollback.md)."""
+    started = time.monotonic()
+    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", fleet["inventory"], "playbooks/rollback.yml"],
+                         cwd=REPO, env=lab.env, capture_output=True, text=True, timeout=1200, check=False)
+    TIMINGS["rollback"] = time.monotonic() - started
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert all(host["failed"] == 0 for host in recap(run.stdout).values())
+    servers = arm(lab)
+    assert servers["pg-lab"]["authConfig"]["passwordAuth"] == "Enabled" and password_login(lab, "pg-lab") == "accepted"
+    assert not any(entra_only(servers[s]) for s in ("sql-lab", "sql-lab-2", "sql-fleet-3"))
+    assert servers["cosmos-lab"]["disableLocalAuth"] is False
+    assert vault_roles(lab) == sorted(fleet["hosts"][app]["mi_vault_database_role"] for app in kinds(fleet, "postgres"))
+    assert all(demo_app_mode(lab, app) == "vault" for app in fleet["hosts"]
+               if fleet["hosts"][app]["mi_workload"]["type"] != "aks")
     for name, seconds in TIMINGS.items():
         record_property(name, round(seconds, 1))
     print("\nfleet of", FLEET_APPS, "applications, wall times:",
