@@ -10,7 +10,7 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 COLLECTION_LINK := $(VENV)/collections/ansible_collections/csa_inabox/managed_identity
 COSMOS_BACKEND := lab/cosmos
 
-.PHONY: demo test venv system-packages lab-up lab-down lab-reset lab-status lint changelog unit integration sanity molecule \
+.PHONY: demo test venv system-packages test-packages lab-up lab-down lab-reset lab-status lint changelog unit integration sanity molecule \
 	clean
 
 ## demo: set everything up, start the lab, migrate the lab fleet, print the report
@@ -48,6 +48,13 @@ system-packages:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; } || \
 	  { echo "needed: apt-get install -y $(DEBIAN_PACKAGES)" >&2; exit 1; }
 
+# Only for the tests: Debian's Chromium, in which tests/integration/test_audit_playbook.py loads the audit page.
+TEST_PACKAGES := chromium
+test-packages:
+	@dpkg -s $(TEST_PACKAGES) >/dev/null 2>&1 || { test "$$(id -u)" = 0 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES) >/dev/null; } || \
+	  { echo "needed: apt-get install -y $(TEST_PACKAGES)" >&2; exit 1; }
+
 lab-up: venv system-packages
 	$(LAB) up
 lab-down: venv
@@ -76,7 +83,7 @@ sanity: venv
 	tests/sanity/run.sh
 
 # Each test module starts its own lab on its own ports and state folder, so a running `make demo` lab is untouched.
-integration: venv system-packages
+integration: venv system-packages test-packages
 	$(PYTEST) -q -n 2 --dist loadfile tests/integration
 
 molecule: venv system-packages

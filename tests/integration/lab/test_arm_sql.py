@@ -21,7 +21,7 @@ PG_ADMINS = "9c2d4e6f-1a3b-4c5d-8e7f-6a5b4c3d2e1f"
 def test_sql_servers_are_seeded_without_entra(control_plane):
     sql = control_plane.client(SqlManagementClient)
     names = sorted(s.name for s in sql.servers.list_by_resource_group(RG_DATA))
-    assert names == [SQL, SQL_2]
+    assert names == [SQL, SQL_2, "sql-lab-dr"]  # sql-lab-dr: sql-lab's failover partner (fg-sql-lab), in ARM only
     server = sql.servers.get(RG_DATA, SQL_2)
     assert server.properties.administrator_login == "sqladmin"
     assert server.properties.fully_qualified_domain_name == "localhost"
