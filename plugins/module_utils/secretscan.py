@@ -224,23 +224,17 @@ def walk(roots, excludes=DEFAULT_EXCLUDES, follow_symlinks=False):
                 continue
             seen.add(real)
             kept = []
-            for name in sorted(dirs):
+            for name, is_dir in [(d, True) for d in sorted(dirs)] + [(f, False) for f in sorted(files)]:
                 full = os.path.join(folder, name)
                 if excluded(os.path.relpath(full, root), excludes):
                     continue
                 if os.path.islink(full) and not follow_symlinks:
                     yield full, "symbolic link (follow_symlinks is false)"
-                    continue
-                kept.append(name)
+                elif is_dir:
+                    kept.append(name)
+                else:
+                    yield full, None
             dirs[:] = kept
-            for name in sorted(files):
-                full = os.path.join(folder, name)
-                if excluded(os.path.relpath(full, root), excludes):
-                    continue
-                if os.path.islink(full) and not follow_symlinks:
-                    yield full, "symbolic link (follow_symlinks is false)"
-                    continue
-                yield full, None
 
 
 def read_text(path, max_bytes):
