@@ -53,19 +53,53 @@ ROLE_HINTS = {
 }
 
 
-def _pattern(wildcard):
-    """A compiled regex for one Azure action pattern (see the module docstring)."""
-    parts = []
-    for index, piece in enumerate(wildcard.split("/*/")):
+def _tokens(wildcard):
+    """An action pattern as tokens: ``("lit", char)``, ``("star",)`` (any characters, none included) and
+    ``("skip", index)`` (go on at ``index`` without consuming: what makes ``/*/`` also match a single ``/``)."""
+    tokens = []
+    for index, piece in enumerate(wildcard.lower().split("/*/")):
         if index:
-            parts.append("/(?:.*/)?")
-        parts.append(".*".join(re.escape(chunk) for chunk in piece.split("*")))
-    return re.compile("".join(parts) + r"\Z", re.IGNORECASE)
+            tokens.append(("lit", "/"))
+            tokens.append(("skip", len(tokens) + 3))  # (?:.*/)? : skip, or any characters then "/"
+            tokens.extend([("star",), ("lit", "/")])
+        for char in piece:
+            tokens.append(("star",) if char == "*" else ("lit", char))
+    return tokens
+
+
+def _closure(tokens, states):
+    """``states`` with every state reachable without consuming a character."""
+    pending, seen = list(states), set(states)
+    while pending:
+        state = pending.pop()
+        if state < len(tokens) and tokens[state][0] in ("star", "skip"):
+            for following in (state + 1, tokens[state][1]) if tokens[state][0] == "skip" else (state + 1,):
+                if following not in seen:
+                    seen.add(following)
+                    pending.append(following)
+    return seen
 
 
 def action_matches(wildcard, action):
-    """True when the ``actions``/``notActions`` entry ``wildcard`` covers the concrete ``action``."""
-    return bool(_pattern(wildcard).match(action))
+    """True when the ``actions``/``notActions`` entry ``wildcard`` covers the concrete ``action``.
+
+    A set-of-states automaton, not a regex: time grows with ``len(wildcard) * len(action)`` whatever the number of
+    ``*`` (a regex of many ``.*`` backtracks exponentially on a pattern such as ``a*a*a*a*b``)."""
+    tokens = _tokens(wildcard)
+    states = _closure(tokens, {0})
+    for char in action.lower():
+        following = set()
+        for state in states:
+            if state < len(tokens):
+                token = tokens[state]
+                if token[0] == "star":
+                    following.add(state)
+                elif token[0] == "lit" and token[1] == char:
+                    following.add(state + 1)
+        states = _closure(tokens, following)
+        if not states:
+            return False
+    return len(tokens) in states
 
 
 def permission_allows(permission, action):

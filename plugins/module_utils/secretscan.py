@@ -28,6 +28,7 @@ __metaclass__ = type
 import fnmatch
 import os
 import re
+import stat
 
 CHECKLIST = {
     "no_secrets_in_config": "No connection strings, passwords, or keys exist in application configuration",
@@ -43,7 +44,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".properties", ".env", ".ini", ".cf
 CONFIG_NAMES = re.compile(r"^(\.env(\..*)?|.*\.env|application(-\w+)?\.properties)$", re.IGNORECASE)
 
 # The secret part of a key-value pair ends at a quote, a separator or white space.
-_VALUE = r"""(?P<value>\$\{[^}\s]*\}|\{\{[^}]*\}\}|\{[^}\s]*\}|<[^<>]*>|[^\s;'"`,}]+)"""
+_VALUE = r"""(?P<value>\$\{[^}\s]{0,255}\}|\{\{[^}]{0,255}\}\}|\{[^}\s]{0,255}\}|<[^<>]{0,255}>|[^\s;'"`,}]+)"""
 _SECRET_WORD = (r"password|passwd|pwd|passphrase|client[_-]?secret|secret[_-]?key|api[_-]?key|access[_-]?key|"
                 r"account[_-]?key|primary[_-]?key|master[_-]?key|shared[_-]?key|connection[_-]?string|secret|token")
 PLACEHOLDER = re.compile(r"^(\$\{[^}]*\}|\$\([^)]*\)|\$[A-Z_][A-Z0-9_]*|\{\{[^}]*\}\}|%\([a-z_]+\)s|<[^<>]+>|"
@@ -96,9 +97,10 @@ RULES = (
     Rule("connection-string-password", SECRETS, "password in a connection string (ADO.NET, ODBC, JDBC)",
          r"[;\"'{](password|pwd)\s*=\s*" + _VALUE),
     Rule("libpq-password", SECRETS, "password in a libpq connection string",
-         r"\b(host|hostaddr|dbname|user)\s*=\s*[^\s;'\"]+[^\n]*?\spassword\s*=\s*" + _VALUE),
+         r"\b(host|hostaddr|dbname|user)\s*=\s*[^\s;'\"]{1,255}[^\n]{0,512}?\spassword\s*=\s*" + _VALUE),
     Rule("url-credentials", SECRETS, "user and password in a URL",
-         r"\b[a-z][a-z0-9+.-]*://[^:/@\s'\"]+:(?P<value>\{\{[^}]*\}\}|\$\{[^}]*\}|[^@/\s'\"`]+)@"),
+         r"\b[a-z][a-z0-9+.-]{0,31}://[^:/@\s'\"]{1,255}:(?P<value>\{\{[^}]{0,255}\}\}|\$\{[^}]{0,255}\}|"
+         r"[^@/\s'\"`]{1,255})@"),
     Rule("azure-account-key", SECRETS, "account key in a connection string (Cosmos DB, Storage, Service Bus)",
          r"\b(AccountKey|SharedAccessKey|SharedAccessSignature)\s*=\s*" + _VALUE),
     Rule("azure-key-literal", SECRETS, "literal that looks like an Azure account key (base64, 64 bytes)",
@@ -115,7 +117,7 @@ RULES = (
 # excerpt of a finding on the same line must not carry them.
 MASK_ONLY = (
     re.compile(r"(?P<value>\bhv[sbr]\.[A-Za-z0-9_-]{8,}|\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)"),
-    re.compile(r"""(?i)\b[\w.-]*(""" + _SECRET_WORD + r""")["']?\s*[:=]\s*["']?""" + _VALUE),
+    re.compile(r"""(?i)(""" + _SECRET_WORD + r""")["']?\s*[:=]\s*["']?""" + _VALUE),
 )
 # Keys that name a file, a path or a setting about the secret, not the secret itself.
 NOT_A_SECRET_KEY = re.compile(r"(_|-|\.|\b)?(file|path|dir|env|name|id|ref|source|policy|auth|type|mode|length|"
@@ -214,8 +216,8 @@ def walk(roots, excludes=DEFAULT_EXCLUDES, follow_symlinks=False):
         if not os.path.exists(root):
             yield root, "does not exist"
             continue
-        if os.path.isfile(root):
-            yield root, None
+        if not os.path.isdir(root):
+            yield root, None  # read_text says why a FIFO, socket or device is not read
             continue
         for folder, dirs, files in os.walk(root, followlinks=follow_symlinks):
             real = os.path.realpath(folder)
@@ -240,7 +242,10 @@ def walk(roots, excludes=DEFAULT_EXCLUDES, follow_symlinks=False):
 def read_text(path, max_bytes):
     """``(text, None)`` for a text file of at most ``max_bytes``, else ``(None, why it was skipped)``."""
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return None, "not a regular file"  # a FIFO or a device would block the read or never end
+        size = info.st_size
         if size > max_bytes:
             return None, "larger than max_file_size (%d > %d bytes)" % (size, max_bytes)
         with open(path, "rb") as handle:

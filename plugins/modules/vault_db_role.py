@@ -251,6 +251,17 @@ def backup_or_empty(path):
         return {}
 
 
+def connection_name_problem(value):
+    """Why ``value`` (a role's ``db_name``, read from Vault or from a backup file) cannot name a connection and its
+    backup file ``{backup_dir}/{mount}/connections/{value}.json``, or ``None``. Vault's connection names are one path
+    segment (``database/config/:name``)."""
+    if not isinstance(value, str) or not value:
+        return "db_name %r is not a connection name" % (value,)
+    if "/" in value or "\\" in value or "\0" in value or value in (".", "..") or len(value) > 255:
+        return "db_name %r is not a connection name (one path segment of at most 255 characters)" % (value[:80],)
+    return None
+
+
 def restore(mod, client, mount, name, role, role_backup):
     """state=present: the connection (when gone), then the role, from their backups. Everything is read and checked
     (backups, password) before the first write."""
@@ -266,6 +277,9 @@ def restore(mod, client, mount, name, role, role_backup):
         if not saved.get("db_name") or not saved.get("creation_statements"):
             mod.fail("cannot restore role %s: the backup %s has no db_name or creation_statements" % (name, role_backup))
     connection_name = (role or saved)["db_name"]
+    if connection_name_problem(connection_name):
+        mod.fail("cannot restore role %s: %s (from %s)" % (name, connection_name_problem(connection_name),
+                                                           "Vault" if role else role_backup))
     connection = read_or_none(lambda: client.secrets.database.read_connection(connection_name, mount_point=mount))
     conn_backup_path = os.path.join(params["backup_dir"], mount, "connections", connection_name + ".json")
     conn_saved, password = None, None
@@ -366,6 +380,9 @@ def main():
         prefix = "%s/creds/%s" % (mount, name)
         leases = count_leases(client, prefix) if params["revoke_leases"] else 0
         connection_name = role.get("db_name")
+        if connection_name_problem(connection_name):
+            mod.fail("cannot decommission role %s: %s (as Vault returns it)" % (name, connection_name_problem(
+                connection_name)))
         connection = read_or_none(lambda: client.secrets.database.read_connection(connection_name, mount_point=mount))
         delete_connection = None
         if params["delete_unused_connection"] and connection is not None and \

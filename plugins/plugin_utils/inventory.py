@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.secretscan import mask
+
 try:
     from jsonschema import Draft202012Validator
 except ImportError:  # reported by check(): the action plugin then fails saying what to install
@@ -59,21 +61,47 @@ def _described(schema) -> str | None:
     return schema.get("description") if isinstance(schema, dict) else None
 
 
+SHOWN_MAX = 64  # characters of a bad value a message repeats; longer values are described, not printed
+
+
+def _shown(value) -> str:
+    """How a message names a bad value: its ``repr`` when short and harmless; otherwise its kind and size. A value
+    that looks like a secret (a token, a key, ``password=...``) is never repeated: problems are printed and logged."""
+    if isinstance(value, dict):
+        return "a mapping of %d key%s" % (len(value), "" if len(value) == 1 else "s")
+    if isinstance(value, list):
+        return "a list of %d item%s" % (len(value), "" if len(value) == 1 else "s")
+    if isinstance(value, str):
+        if len(value) > SHOWN_MAX or not value.isprintable():
+            return "a string of %d characters" % len(value)
+        if mask(value) != value.strip():
+            return "a string of %d characters (not shown: it may be a secret)" % len(value)
+    return repr(value)
+
+
+def _message(error) -> str:
+    """jsonschema's message with the bad value described by :func:`_shown` in place of its ``repr``."""
+    instance = repr(error.instance)
+    shown = _shown(error.instance)
+    return error.message if shown == instance else error.message.replace(instance, shown)
+
+
 def _schema_message(error) -> str:
-    """What is wrong and what is expected, without printing a schema or a regular expression."""
+    """What is wrong and what is expected, without printing a schema, a regular expression or a secret."""
     if error.validator == "not":
         expected = _described(error.validator_value) or _described(error.schema)
         return expected or "has a field it must not have"
     if error.validator in ("anyOf", "oneOf", "allOf"):
         expected = _described(error.schema)
-        return "expected %s" % expected if expected else error.message
+        return "expected %s" % expected if expected else _message(error)
     expected = _described(error.schema)
     if error.validator == "pattern":
-        return "%r is not valid; expected %s" % (error.instance, expected or "to match %s" % error.validator_value)
+        expected = expected or "to match %s" % error.validator_value
+        return "%s is not valid; expected %s" % (_shown(error.instance), expected)
     if error.validator in ("enum", "type", "const", "minimum", "maximum", "minLength", "minItems", "required",
                            "additionalProperties") and expected:
-        return "%s; expected %s" % (error.message, expected)
-    return error.message
+        return "%s; expected %s" % (_message(error), expected)
+    return _message(error)
 
 
 def schema_problems(host: str, variables: dict, schema: dict) -> list[dict]:
@@ -156,7 +184,7 @@ def run_problems(variables_by_host: dict) -> list[dict]:
         for host in hosts:
             values.setdefault(json.dumps(variables_by_host[host].get(name), sort_keys=True), []).append(host)
         if len(values) > 1:
-            groups = "; ".join("%s: %s" % (", ".join(h[:3]) + (" ..." if len(h) > 3 else ""), v)
+            groups = "; ".join("%s: %s" % (", ".join(h[:3]) + (" ..." if len(h) > 3 else ""), _shown(json.loads(v)))
                                for v, h in values.items())
             found.append({"host": "(the run)", "path": "$.%s" % name,
                           "message": "the applications of this run disagree (%s); one run covers one environment: "
