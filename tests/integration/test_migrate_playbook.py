@@ -1,4 +1,8 @@
-"""playbooks/migrate.yml against a fresh lab, as an operator runs it: plan, apply, re-run.
+"""playbooks/migrate.yml against a fresh lab, as an operator runs it: plan, audit, apply, audit again, re-run.
+
+``playbooks/audit.yml`` runs before the migration (check mode) and after it; its HTML page is loaded in headless
+Chromium, which keeps a screenshot in tests/output/artifacts/. One application (catalog-api) is put in a second
+environment, "staging", through an extra inventory source, so that the page has a table per environment.
 
 The tests of this module run in order on one lab (pytest keeps a file's tests in order; `--dist loadfile` keeps
 them on one worker).
@@ -8,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -16,6 +21,7 @@ import urllib.request
 import psycopg
 import pytest
 
+from auditpage import ARTIFACTS, ITEMS, UNOBSERVABLE, ChecklistDom, audit, by_app, chromium, run_chromium
 from labrunner import REPO, kube_client, run_module
 
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
@@ -180,6 +186,42 @@ def test_check_mode_on_a_fresh_lab_writes_nothing_and_shows_the_plan(lab):
     lab.assert_no_secret_in(run.stdout + run.stderr)
 
 
+@pytest.fixture(scope="module")
+def environments(tmp_path_factory):
+    """An extra inventory source: catalog-api belongs to environment "staging"."""
+    extra = tmp_path_factory.mktemp("inventory") / "environments.yml"
+    extra.write_text(json.dumps({"all": {"children": {"applications": {"hosts": {
+        "catalog-api": {"mi_environment": "staging"}}}}}}))
+    return str(extra)
+
+
+def test_before_the_migration_every_application_fails_and_the_scan_finds_vault(lab, environments):
+    """In check mode (nothing to log in as yet, and check mode is how an operator looks before a run)."""
+    writes = lab.arm_counters()["writes"]
+    report, _page = audit(lab, environments, "--check")
+    assert lab.arm_counters()["writes"] == writes
+    assert report["check_mode"] is True
+    assert [env["name"] for env in report["environments"]] == ["lab", "staging"]
+    assert [a["application"] for a in report["environments"][1]["applications"]] == ["catalog-api"]
+    apps = by_app(report)
+    assert sorted(apps) == sorted(APPS)
+    for name, items in apps.items():
+        assert list(items) == ITEMS
+        assert items["identity_assigned"]["status"] == "fail", name
+        assert items["password_auth_disabled"]["status"] == "fail", name
+        assert items["connects_with_identity"]["status"] == "unknown", name  # no login is tried in check mode
+        # The demo apps' configs hold their AppRole ids; webapp's live Deployment has the Vault Agent annotations.
+        scan = items["no_vault_references"]
+        assert scan["status"] == "fail", name
+        rules = {finding["rule"] for finding in scan["findings"]}
+        assert rules == ({"vault-agent-annotation", "vault-agent-secret-path"} if name == "webapp"
+                         else {"vault-approle-credential"}), (name, rules)
+        assert all("********" in f["excerpt"] for f in scan["findings"] if f["rule"] == "vault-approle-credential")
+    # PostgreSQL apps: a Vault database role; the others: a readable KV secret.
+    assert apps["orders-api"]["vault_role_decommissioned"]["status"] == "fail"
+    assert apps["catalog-api"]["vault_role_decommissioned"]["status"] == "fail"
+
+
 def test_the_tutorial_test_script_fails_with_18456_before_the_migration(lab):
     """The identity exists and is on the VM, but the database has no user for it yet."""
     attach_new_identity(lab, "inventory-api")
@@ -251,6 +293,54 @@ def test_migrate_moves_every_application_to_its_identity(lab):
     text = (lab.state / "reports" / "migration-report.txt").read_text()
     assert 'user "mi-ledger"' in text and "roles           db_datareader, ledger_writer" in text
     assert 'CURRENT_USER = "mi-audit-reader"' in text and "(from the identity's client id)" in text
+
+
+@pytest.fixture(scope="module")
+def after(lab, environments):
+    writes = lab.arm_counters()["writes"]
+    result = audit(lab, environments)
+    assert lab.arm_counters()["writes"] == writes  # read-only: the modules that could write ran in check mode
+    return result
+
+
+def test_after_the_migration_every_observable_item_passes(after):
+    report, _page = after
+    apps = by_app(report)
+    assert sorted(apps) == sorted(APPS)
+    for name, items in apps.items():
+        for item_id, item in items.items():
+            expected = "unknown" if item_id in UNOBSERVABLE else "pass"
+            assert item["status"] == expected, (name, item_id, item["evidence"])
+    # The demo app's Vault address stays for rollback.yml, accepted with its reason; webapp's Deployment is clean.
+    accepted = apps["orders-api"]["no_vault_references"]["accepted"]
+    assert {a["rule"] for a in accepted} == {"vault-config"} and all("rollback" in a["reason"] for a in accepted)
+    assert "2 Kubernetes object(s) scanned: 0 finding(s)" in apps["webapp"]["no_vault_references"]["evidence"][0]
+    assert any('connected as "mi-webapp"' in line for line in apps["webapp"]["connects_with_identity"]["evidence"])
+    assert report["summary"] == {"applications": 10, "pass": 90, "fail": 0, "unknown": 30}
+
+
+def test_the_html_page_in_headless_chromium_shows_every_application_and_item(after):
+    binary = chromium()
+    report, page = after
+    dom = run_chromium(binary, "--dump-dom", page.as_uri()).stdout
+    parsed = ChecklistDom()
+    parsed.feed(dom)
+    expected = {env["name"]: {app["application"]: {item["id"]: item["status"] for item in app["items"]}
+                              for app in env["applications"]} for env in report["environments"]}
+    assert parsed.tables == expected
+    assert sorted(app for env in parsed.tables.values() for app in env) == sorted(APPS)
+    for (_env, _app, item_id), text in parsed.cell_text.items():
+        assert expected[_env][_app][item_id].upper() in text  # a readable status, not only a colour
+    for title in (i["title"] for i in report["checklist"]):
+        assert title in dom or title.replace("'", "&#39;") in dom
+    assert "<script" not in page.read_text() and "http://" not in page.read_text().split("<body>")[0]
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "audit-checklist.png"
+    shot.unlink(missing_ok=True)
+    run_chromium(binary, "--window-size=1600,1500", "--hide-scrollbars", "--screenshot=" + str(shot), page.as_uri())
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
+    shutil.copy(page, ARTIFACTS / "audit-checklist.html")
 
 
 def test_the_tutorial_cosmos_code_finds_the_items_after_the_migration_and_keys_are_refused(lab, old_cosmos_key):
