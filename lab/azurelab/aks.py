@@ -26,6 +26,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from . import issued
 from .config import LabPaths
 
 # Where the API server's tokens come from when the OIDC issuer is off: the cluster-local default, which no Entra
@@ -57,6 +58,7 @@ class ClusterIssuer:
 
     def __init__(self, paths: LabPaths, cluster_name: str):
         self.cluster_name = cluster_name
+        self._root = paths.root
         self._private = _load_or_create(paths.root / "aks" / cluster_name / "sa-signer.pem")
         self._public = self._private.public_key()
         der = self._public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -93,4 +95,6 @@ class ClusterIssuer:
         }
         if pod:
             claims["kubernetes.io"]["pod"] = {"name": pod["name"], "uid": pod["uid"]}
-        return jwt.encode(claims, self._private, algorithm="RS256", headers={"kid": self.kid})
+        token = jwt.encode(claims, self._private, algorithm="RS256", headers={"kid": self.kid})
+        issued.record(self._root, "service-account-token", token)
+        return token

@@ -133,6 +133,7 @@ from typing import Protocol
 
 import yaml
 
+from . import issued
 from .aks import ClusterIssuer
 from .config import LabPaths, ports as configured_ports
 from .directory import Directory
@@ -238,9 +239,11 @@ def _cosmos_error(status: int, code: str, message: str) -> ArmError:
     return ArmError(status, code, f"{message}\r\nActivityId: {uuid.uuid4()}, Microsoft.Azure.Documents.Common/2.14.0")
 
 
-def _cosmos_key() -> str:
-    """A new account key: 64 random bytes in base64, like Cosmos's 88-character keys."""
-    return base64.b64encode(secrets.token_bytes(64)).decode()
+def _cosmos_key(paths: LabPaths) -> str:
+    """A new account key: 64 random bytes in base64, like Cosmos's 88-character keys (recorded as issued)."""
+    key = base64.b64encode(secrets.token_bytes(64)).decode()
+    issued.record(paths.root, "cosmos-key", key)
+    return key
 
 
 def _guid(value) -> str | None:
@@ -532,7 +535,7 @@ class ArmState:
         keys = stored.setdefault("cosmos_accounts", {})
         missing = [r["name"] for r in self._resources.values() if r["type"] == COSMOS and r["name"] not in keys]
         for name in missing:
-            keys[name] = {field: _cosmos_key() for field in COSMOS_KEY_KINDS.values()}
+            keys[name] = {field: _cosmos_key(self.paths) for field in COSMOS_KEY_KINDS.values()}
         if missing:
             self._save_secrets(stored)
         return keys
@@ -1329,7 +1332,7 @@ class ArmState:
             stored = json.loads(self.paths.secrets.read_text()) if self.paths.secrets.exists() else {}
             current = dict(self._cosmos_keys[account["name"]])
             keys = stored.setdefault("cosmos_accounts", {}).setdefault(account["name"], current)
-            keys[field] = _cosmos_key()
+            keys[field] = _cosmos_key(self.paths)
             self._save_secrets(stored)
             self._cosmos_keys[account["name"]] = dict(keys)
             return self._operation(base_url, api_version, provider="Microsoft.DocumentDB")

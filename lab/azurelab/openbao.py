@@ -30,6 +30,9 @@ the dev banner lines that print it are filtered out of ``logs/openbao.log``.
   the stored secret this project exists to remove, whatever its workload (``vm`` in the config for a VM,
   ``workload: {type, name}`` for an App Service app, a Container App or an AKS cluster).
 
+Every request and response is written unhashed to ``<state>/openbao/audit.log`` (a file audit device declared in
+``<state>/openbao/config.hcl``), so that the tests know every secret OpenBao issued (:mod:`azurelab.issued`).
+
 Not emulated: Vault Agent and Vault's Kubernetes auth (an AKS application gets an AppRole like the others), leases
 surviving a restart (the dev server keeps nothing), KV metadata (versions beyond the current one are never read), TLS
 on the Vault listener. The dev server also listens on <ports.openbao>+1 for
@@ -51,6 +54,7 @@ import urllib.request
 
 import hvac
 
+from . import issued
 from .config import HOST, LabPaths, Ports, database_type, is_cosmos_application, is_sql_application, workload
 from .postgres import PostgresLab, pid_alive
 
@@ -92,7 +96,14 @@ class OpenBaoLab:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         self.paths.pids.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, BAO_DEV_ROOT_TOKEN_ID=token)
-        command = [_bao(), "server", "-dev", "-dev-no-store-token", f"-dev-listen-address={HOST}:{self.ports.openbao}"]
+        # OpenBao's file audit device, unhashed (log_raw): the record of every secret it hands out (azurelab.issued).
+        # Declared in the config file: OpenBao refuses audit devices created through its API by default.
+        config = self.token_file.parent / "config.hcl"
+        audit_log = self.paths.root / issued.AUDIT_LOG
+        config.write_text('audit "file" "issued" {\n  options {\n    file_path = %s\n    log_raw = "true"\n'
+                          '    mode = "0600"\n  }\n}\n' % json.dumps(str(audit_log)))
+        command = [_bao(), "server", "-dev", "-dev-no-store-token", f"-dev-listen-address={HOST}:{self.ports.openbao}",
+                   f"-config={config}"]
         # Own sessions: the server and its log filter outlive a `labctl up` that exits.
         self._process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, start_new_session=True)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import jwt
 from cryptography.hazmat.primitives import serialization
 
+from . import issued
 from .config import LabPaths
 
 TOKEN_LIFETIME_S = 3600
@@ -53,6 +54,7 @@ class Issuer:
     def __init__(self, paths: LabPaths, tenant_id: str, authority_host: str):
         self.tenant_id = tenant_id
         self.issuer = f"{authority_host.rstrip('/')}/{tenant_id}/v2.0"
+        self._root = paths.root
         pem = paths.signing_key.read_bytes()
         self._private = serialization.load_pem_private_key(pem, password=None)
         self._public = self._private.public_key()
@@ -86,6 +88,7 @@ class Issuer:
             if principal.get("resource_id"):
                 claims["xms_mirid"] = principal["resource_id"]
         token = jwt.encode(claims, self._private, algorithm="RS256", headers={"kid": self.kid})
+        issued.record(self._root, "entra-token", token)
         return token, claims["exp"]
 
     def verify(self, token: str, audience: str | Iterable[str]) -> dict:

@@ -18,6 +18,7 @@ import shlex
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -98,23 +99,51 @@ class RunningLab:
         return self.lab_api("GET", "counters")
 
     def secrets(self) -> list[str]:
-        """Every secret the lab holds (admin passwords, client secret, OpenBao root token, Cosmos keys): none may leak."""
-        values = [(self.state / "openbao" / "token").read_text().strip()]
+        """Every secret the lab issued or holds (azurelab.issued: admin passwords, the client secret, OpenBao's root
+        token and everything OpenBao handed out, Cosmos keys old and new, tokens): none may leak. Tokens are left to
+        the JWT pattern of :meth:`assert_no_secret_in`, which finds any token, the lab's or not."""
+        from azurelab import issued  # tests/conftest.py puts lab/ on the path
 
-        def walk(node):
-            if isinstance(node, dict):
-                for key, value in node.items():
-                    if isinstance(value, str) and any(k in key.lower() for k in ("password", "secret", "token", "key")):
-                        values.append(value)
-                    walk(value)
-
-        walk(json.loads((self.state / "secrets.json").read_text()))
-        return [v for v in values if len(v) >= 8]
+        return sorted(value for value in issued.values(self.state) if not JWT.fullmatch(value))
 
     def assert_no_secret_in(self, text: str) -> None:
         for secret in self.secrets():
             assert secret not in text, "a lab secret leaked"
         assert not JWT.search(text), "a token leaked"
+
+
+    def assert_no_secret_written_since(self, since: float) -> int:
+        """No secret this lab issued (its tokens included, matched exactly) is in a regular file modified at or after
+        ``since`` (epoch seconds) anywhere on the root filesystem, outside the labs' state folders (``mi-lab-*`` in the
+        temporary folder: this lab's and any other running lab's) and the kernel's pseudo-filesystems. Returns the
+        number of files read."""
+        from azurelab import issued  # tests/conftest.py puts lab/ on the path
+
+        issued_values = issued.values(self.state)
+        tokens = {value.encode() for value in issued_values if JWT.fullmatch(value)}
+        others = [value.encode() for value in issued_values if not JWT.fullmatch(value)]
+        jwt_bytes = re.compile(JWT.pattern.encode())
+        root_device, labs = os.stat("/").st_dev, pathlib.Path(tempfile.gettempdir()).resolve()
+        read = 0
+        for folder, dirs, files in os.walk("/"):
+            here = pathlib.Path(folder)
+            dirs[:] = [d for d in dirs if not (folder == "/" and d in ("proc", "sys", "dev", "run"))
+                       and not (here == labs and d.startswith("mi-lab-"))]
+            for name in files:
+                path = here / name
+                try:
+                    info = path.lstat()
+                    if not stat.S_ISREG(info.st_mode) or info.st_mtime < since or info.st_dev != root_device \
+                            or info.st_size > 256 * 1024 * 1024:
+                        continue
+                    data = path.read_bytes()
+                except OSError:
+                    continue  # gone since the listing, or not ours to read
+                read += 1
+                leaked = any(value in data for value in others) or any(
+                    found.group(0) in tokens for found in jwt_bytes.finditer(data))
+                assert not leaked, f"a secret of the lab was written to {path}"
+        return read
 
 
 def running_lab(topology: pathlib.Path | None = None):

@@ -16,6 +16,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 
 import psycopg
@@ -246,6 +247,9 @@ def old_cosmos_key(lab):
     return json.loads((lab.state / "secrets.json").read_text())["cosmos_accounts"]["cosmos-lab"]["primaryMasterKey"]
 
 
+MIGRATION = {}  # what the tests after the migration read of its run: when it started, its output
+
+
 @pytest.mark.usefixtures("old_cosmos_key")
 def test_migrate_moves_every_application_to_its_identity(lab):
     # ARM throttles and has a bad moment during the run: the one retry policy absorbs both.
@@ -253,7 +257,9 @@ def test_migrate_moves_every_application_to_its_identity(lab):
                                    "retry_after": 1})
     lab.lab_api("POST", "faults", {"method": "PATCH", "path": "virtualMachines", "status": 503, "count": 1})
     faulted = lab.arm_counters()["faulted"]
+    MIGRATION["started"] = time.time() - 1  # file times are rounded on some filesystems
     run = lab.playbook("playbooks/migrate.yml", "-vvvv")
+    MIGRATION["output"] = run.stdout + run.stderr
     assert lab.arm_counters()["faulted"] == faulted + 3
     assert run.returncode == 0, run.stdout[-4000:]
     lab.assert_no_secret_in(run.stdout + run.stderr)
@@ -341,6 +347,27 @@ def test_the_html_page_in_headless_chromium_shows_every_application_and_item(aft
     run_chromium(binary, "--window-size=1600,1500", "--hide-scrollbars", "--screenshot=" + str(shot), page.as_uri())
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
     shutil.copy(page, ARTIFACTS / "audit-checklist.html")
+
+
+def test_no_secret_the_lab_issued_is_in_the_output_the_reports_or_any_file_written(lab, after):
+    """The secret-leak check: every token, password, key and Vault token the lab issued (its Entra and AKS tokens,
+    OpenBao's audit log of every secret it handed out, the Cosmos keys before and after their regeneration, the admin
+    passwords), looked for in the -vvvv output of the migration (its module results included), the migration and
+    audit reports, and every file written anywhere since the migration started, outside the labs' state folders."""
+    secrets = lab.secrets()
+    assert len(secrets) >= 20 and len(issued_tokens(lab)) >= 50  # the record is there: the check can fail
+    lab.assert_no_secret_in(MIGRATION["output"])
+    assert "<<< " in MIGRATION["output"] or "ESTABLISH LOCAL CONNECTION" in MIGRATION["output"]  # -vvvv it was
+    reports = sorted((lab.state / "reports").iterdir())
+    assert {p.name for p in reports} >= {"migration-report.json", "migration-report.txt", "audit-checklist.json",
+                                         "audit-checklist.html"}
+    for report in reports:
+        lab.assert_no_secret_in(report.read_text())
+    assert lab.assert_no_secret_written_since(MIGRATION["started"]) > 0
+
+
+def issued_tokens(lab) -> list[str]:
+    return [line for line in (lab.state / "issued.jsonl").read_text().splitlines() if '"entra-token"' in line]
 
 
 def test_the_tutorial_cosmos_code_finds_the_items_after_the_migration_and_keys_are_refused(lab, old_cosmos_key):
