@@ -111,12 +111,11 @@ class RunningLab:
             assert secret not in text, "a lab secret leaked"
         assert not JWT.search(text), "a token leaked"
 
-
-    def assert_no_secret_written_since(self, since: float) -> int:
+    def assert_no_secret_written_since(self, since: float, top: str = "/") -> int:
         """No secret this lab issued (its tokens included, matched exactly) is in a regular file modified at or after
-        ``since`` (epoch seconds) anywhere on the root filesystem, outside the labs' state folders (``mi-lab-*`` in the
-        temporary folder: this lab's and any other running lab's) and the kernel's pseudo-filesystems. Returns the
-        number of files read."""
+        ``since`` (epoch seconds) below ``top`` (the whole root filesystem by default), outside the labs' state folders
+        (``mi-lab-*`` in the temporary folder: this lab's and any other running lab's) and the kernel's
+        pseudo-filesystems. Returns the number of files read."""
         from azurelab import issued  # tests/conftest.py puts lab/ on the path
 
         issued_values = issued.values(self.state)
@@ -125,7 +124,7 @@ class RunningLab:
         jwt_bytes = re.compile(JWT.pattern.encode())
         root_device, labs = os.stat("/").st_dev, pathlib.Path(tempfile.gettempdir()).resolve()
         read = 0
-        for folder, dirs, files in os.walk("/"):
+        for folder, dirs, files in os.walk(top):
             here = pathlib.Path(folder)
             dirs[:] = [d for d in dirs if not (folder == "/" and d in ("proc", "sys", "dev", "run"))
                        and not (here == labs and d.startswith("mi-lab-"))]

@@ -366,6 +366,20 @@ def test_no_secret_the_lab_issued_is_in_the_output_the_reports_or_any_file_writt
     assert lab.assert_no_secret_written_since(MIGRATION["started"]) > 0
 
 
+def test_the_file_check_finds_a_planted_secret_and_a_planted_token(lab, tmp_path):
+    """The leak check's control: one of the lab's passwords, then one of its tokens, written to a file are found."""
+    planted = tmp_path / "planted.log"
+    tokens = issued_tokens(lab)
+    assert tokens, "run after the migration (the lab has issued no token yet)"
+    token = json.loads(tokens[-1])["value"]
+    for secret in (lab.secrets()[0], token):
+        planted.write_text(f"some output\n{secret}\nmore output\n")
+        with pytest.raises(AssertionError, match="a secret of the lab was written to .*planted.log"):
+            lab.assert_no_secret_written_since(time.time() - 60, top=str(tmp_path))
+    planted.write_text("nothing secret\n")
+    assert lab.assert_no_secret_written_since(time.time() - 60, top=str(tmp_path)) == 1
+
+
 def issued_tokens(lab) -> list[str]:
     return [line for line in (lab.state / "issued.jsonl").read_text().splitlines() if '"entra-token"' in line]
 
