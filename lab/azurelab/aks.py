@@ -96,5 +96,5 @@ class ClusterIssuer:
         if pod:
             claims["kubernetes.io"]["pod"] = {"name": pod["name"], "uid": pod["uid"]}
         token = jwt.encode(claims, self._private, algorithm="RS256", headers={"kid": self.kid})
-        issued.record(self._root, "service-account-token", token)
+        issued.record(self._root, "service-account-token", token, audience=audience)
         return token

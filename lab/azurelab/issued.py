@@ -29,9 +29,10 @@ SECRET_WORDS = ("password", "secret", "token", "key")
 MIN_LENGTH = 8  # shorter values are names and flags, not secrets
 
 
-def record(root: pathlib.Path, kind: str, value: str) -> None:
-    """Append ``value`` (a ``kind`` of secret, e.g. ``"entra-token"``) to ``<root>/issued.jsonl``."""
-    line = json.dumps({"kind": kind, "value": value}) + "\n"
+def record(root: pathlib.Path, kind: str, value: str, **about: str) -> None:
+    """Append ``value`` (a ``kind`` of secret, e.g. ``"entra-token"``) to ``<root>/issued.jsonl``, with what the caller
+    says ``about`` it that is not secret (a token's ``audience``): the benchmarks count tokens by scope from it."""
+    line = json.dumps({"kind": kind, "value": value, **about}) + "\n"
     fd = os.open(pathlib.Path(root) / ISSUED_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(fd, line.encode())

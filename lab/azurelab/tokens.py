@@ -88,7 +88,7 @@ class Issuer:
             if principal.get("resource_id"):
                 claims["xms_mirid"] = principal["resource_id"]
         token = jwt.encode(claims, self._private, algorithm="RS256", headers={"kid": self.kid})
-        issued.record(self._root, "entra-token", token)
+        issued.record(self._root, "entra-token", token, audience=claims["aud"])
         return token, claims["exp"]
 
     def verify(self, token: str, audience: str | Iterable[str]) -> dict:
