@@ -11,7 +11,7 @@ COLLECTION_LINK := $(VENV)/collections/ansible_collections/csa_inabox/managed_id
 COSMOS_BACKEND := lab/cosmos
 
 .PHONY: demo test venv system-packages test-packages lab-up lab-down lab-reset lab-status lint changelog unit integration sanity molecule \
-	clean
+	bench clean
 
 ## demo: set everything up, start the lab, migrate the lab fleet, print the report
 demo: venv lab-up
@@ -89,6 +89,14 @@ integration: venv system-packages test-packages
 molecule: venv system-packages
 	MOLECULE_LAB_PORT_BASE=$$($(BIN)/python -c 'import sys; sys.path.insert(0, "tests/integration"); \
 	  from labrunner import free_base; print(free_base())') PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test -s postgres
+
+# Fleet benchmark (benchmarks/fleet.py): migrate.yml on generated lab fleets, first run and re-run, measured; writes
+# benchmarks/RESULTS.md and fleet.png. BENCH_SIZES picks the fleet sizes (default: 10 50 100 500). Needs GNU time.
+BENCH_SIZES ?= 10 50 100 500
+bench: venv system-packages
+	@command -v /usr/bin/time >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y -qq time >/dev/null; }
+	$(BIN)/pip install -q -r benchmarks/requirements.txt
+	$(BIN)/python benchmarks/fleet.py --sizes $(BENCH_SIZES)
 
 clean: lab-down
 	rm -rf $(LAB_STATE_DIR) .lab-molecule tests/output

@@ -182,14 +182,16 @@ def azure_modules() -> set[str]:
     return set(yaml.safe_load((REPO / "meta" / "runtime.yml").read_text())["action_groups"]["azure"])
 
 
-def run_module(lab: RunningLab, module: str, check: bool = False, env: dict | None = None, **args) -> dict:
+def run_module(lab: RunningLab, module: str, check: bool = False, env: dict | None = None, wrapper: tuple = (),
+               **args) -> dict:
     """Run one module as Ansible runs it on its target, with the lab's control-node environment updated with
     ``env``; returns its result dict (``failed`` always set; ``diff`` too in check mode). Azure modules get the lab
     cloud; nothing secret is passed or printed.
 
     The module runs as ``python -m ansible_collections...<module> <args file>``, the arguments file carrying
     ``_ansible_check_mode`` / ``_ansible_diff`` as the controller would: the module code is the same, without the
-    ~4 s of an ``ansible`` controller start per call. The controller side (module_defaults, action groups, the
+    ~4 s of an ``ansible`` controller start per call (``wrapper``: a command to run it under, e.g. ``/usr/bin/time``).
+    The controller side (module_defaults, action groups, the
     collection's installation) is exercised by the playbook and Molecule tests.
     """
     if module in azure_modules():
@@ -201,8 +203,8 @@ def run_module(lab: RunningLab, module: str, check: bool = False, env: dict | No
     with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
         json.dump(payload, handle)
         handle.flush()
-        command = [sys.executable, "-m", f"ansible_collections.csa_inabox.managed_identity.plugins.modules.{module}",
-                   handle.name]
+        command = [*wrapper, sys.executable, "-m",
+                   f"ansible_collections.csa_inabox.managed_identity.plugins.modules.{module}", handle.name]
         run_env = dict(lab.env, PYTHONPATH=str(COLLECTIONS), **(env or {}))
         run = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=120, check=False)
     lab.assert_no_secret_in(run.stdout + run.stderr)
