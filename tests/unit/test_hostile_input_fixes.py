@@ -1,0 +1,187 @@
+"""The fixes the hostile-input corpus (tests/hostile) led to, each checked without a lab.
+
+* Messages name the option and repeat a bad value only in a bounded form (``values.shown``): a 10,000-character
+  value, a line break, a NUL or a right-to-left mark is never printed as it is.
+* Values that must be refused are refused before any request: resource names with ``/``, ``?``, ``%`` or control
+  characters, resource groups that cannot exist, nil GUIDs, PostgreSQL hosts that libpq would read as a list, names
+  with NUL (which a driver would cut: another database), Vault role names Vault cannot route, KV paths with ``.``
+  segments, RBAC actions with a line break (which a wildcard matched), Job images and environment names with control
+  characters, watch windows of years.
+* A failure names the option that holds a resource group or subscription ARM does not know; ansible-core's own
+  message for a value that cannot be a list of dicts names the option.
+* Nothing is half done: aks_federation checks the identity before turning the cluster's issuer on, azure_mi_assignment
+  checks the identities before updating the workload, azure_mi does not try to create an identity in a resource group
+  that does not exist, vault_db_role checks backup_dir before asking Vault anything.
+"""
+import contextlib
+import importlib
+import io
+import json
+import types
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import (
+    arm, base, diagnose, kube, password_users, postgres, sqlserver, values, vault)
+
+LONG = "x" * 10_000
+SUBSCRIPTION = "2b6e3f4a-8c1d-4e9f-b7a2-5c0d9e8f1a23"
+AZURE = {"subscription_id": SUBSCRIPTION, "tenant_id": "7f0c6a9e-3b1d-4c55-9a8e-2d6f1b0c4e11"}
+PG = {"host": "localhost", "port": 5432, "admin_user": "mi-operator"}
+SQL = {"host": "localhost", "port": 1433, "database": "appdb"}
+VAULT = {"url": "http://127.0.0.1:1", "token_file": "/nonexistent/token"}
+
+
+def module_code(name):
+    """A module of this collection, imported (its helpers are tested as well as its main())."""
+    return importlib.import_module("ansible_collections.csa_inabox.managed_identity.plugins.modules." + name)
+
+
+def inventory_utils():
+    return importlib.import_module("ansible_collections.csa_inabox.managed_identity.plugins.plugin_utils.inventory")
+
+
+def run(name, args, check=False):
+    """Module ``name``'s main() in this process with ``args``; its result (it must fail or exit before any request
+    that the test does not fake)."""
+    loaded = module_code(name)
+    out = io.StringIO()
+    with patch_module_args(dict(args, _ansible_check_mode=check)), contextlib.redirect_stdout(out):
+        with pytest.raises(SystemExit):
+            loaded.main()
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def refused(name, args, field, check=False):
+    result = run(name, args, check)
+    assert result.get("failed"), result
+    assert field in result["msg"], result["msg"]
+    assert len(result["msg"]) < 2000 and LONG not in result["msg"]
+    return result["msg"]
+
+
+# --- the helpers -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, shown", [
+    ("pg-typo", "'pg-typo'"),
+    ("a\nb", "'a\\nb'"),
+    ("a\x00b", "'a\\x00b'"),
+    ("app\u202e", "'app\\u202e'"),
+    (LONG, "'" + "x" * 48 + "'... (10000 characters)"),
+    (70000, "70000"),
+])
+def test_a_bad_value_is_shown_bounded_and_escaped(value, shown):
+    assert values.shown(value) == shown
+
+
+def test_clipped_keeps_a_short_target_as_it_is():
+    assert values.clipped("secret/apps/ledger/sql") == "secret/apps/ledger/sql"
+    assert values.clipped("secret/" + LONG).endswith("(10007 characters)")
+    assert values.clipped("a\nb") == "'a\\nb'"
+
+
+def test_range_problem_names_the_option():
+    assert values.range_problem("timeout", 5, 0, 10) is None
+    assert values.range_problem("timeout", -1, 0, 10, " seconds") == "timeout must be between 0 and 10 seconds, got -1"
+
+
+@pytest.mark.parametrize("value", ["vm\x00", "vm?api-version=1", "vm%2F..", 'pg"&x', "a<b", "x" * 261, "vm\n"])
+def test_resource_names_with_url_or_control_characters_are_refused(value):
+    problem = arm.resource_name_problem("name", value)
+    assert problem and problem.startswith("name ") and len(problem) < 300
+
+
+@pytest.mark.parametrize("value, ok", [("rg-lab-apps", True), ("rg_(prod).1", True), ("ünï-rg", True),
+                                       ("rg/../x", False), ("rg.", False), ("", False), ("r" * 91, False),
+                                       ("rg\n", False), ("rg;x", False)])
+def test_resource_group_names(value, ok):
+    assert (arm.resource_group_problem("resource_group", value) is None) == ok
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("5a1e7c3d-2b4f-4a6e-8d9c-0f1e2d3c4b5a", None),
+    ("00000000-0000-0000-0000-000000000000", "object_id is the nil GUID"),
+    ("5a1e7c3d-2b4f-4a6e-8d9c-0f1e2d3c4b5\u0430", "is not a GUID"),  # a Cyrillic a
+    (LONG, "is not a GUID"),
+])
+def test_guid_problem(value, problem):
+    found = base.guid_problem("object_id", value)
+    assert (found is None) if problem is None else (problem in found and len(found) < 300)
+
+
+def test_error_text_is_bounded_but_the_remedy_sees_all_of_it():
+    exc = ValueError("syntax error at or near " + LONG)
+    assert len(diagnose.error_text(exc)) < 1100 and "(9024 more characters)" in diagnose.error_text(exc)
+    assert len(diagnose.error_text(exc, limit=None)) > 10_000
+
+
+def test_argument_errors_name_the_option_for_a_string_where_dicts_are_expected():
+    msg = refused("pg_entra_principal", dict(PG, role="r", object_id=base.NIL_GUID, database="appdb",
+                                             grants="SELECT ON orders"), "grants")
+    assert "Elements value for option 'grants'" in msg
+
+
+@pytest.mark.parametrize("text, field", [
+    ("ResourceGroupNotFound: Resource group 'rg-nope' could not be found.", "cluster_resource_group 'rg-nope' "
+                                                                            "does not exist in subscription"),
+    ("SubscriptionNotFound: The subscription 'x' could not be found.", "subscription_id '%s' is not a subscription"
+                                                                       % SUBSCRIPTION),
+    ("ResourceNotFound: The Resource 'x' was not found.", None),
+])
+def test_a_missing_group_or_subscription_is_named_by_its_option(text, field):
+    with patch_module_args(dict(AZURE, cluster_resource_group="rg-nope", identity_resource_group="rg-lab-apps")):
+        mod = base.MIModule(dict(cluster_resource_group=dict(type="str"), identity_resource_group=dict(type="str")))
+    named = mod._named(text, "could not read AKS cluster")  # pylint: disable=protected-access
+    assert named.startswith(field) if field else named == "could not read AKS cluster"
+
+
+@pytest.mark.parametrize("value, ok", [("orders-api", True), ("fleet_005.pg", True), ("orders-api\x00", False),
+                                       ("orders-api/../reports", False), ("orders-api\u202e", False),
+                                       ("orders api", False), ("-lead", False), ("x" * 256, False)])
+def test_vault_role_names(value, ok):
+    assert (vault.name_problem("name", value) is None) == ok
+
+
+def test_vault_paths_are_shown_bounded_and_the_mount_is_quoted_in_the_url():
+    assert len(vault.path_problem("path", "apps/" + LONG + "/./x")) < 300
+    asked = []
+    client = types.SimpleNamespace(adapter=types.SimpleNamespace(get=lambda url: asked.append(url) or {}))
+    assert vault.kv_version(client, "secret?version=1") is None
+    assert asked == ["/v1/sys/internal/ui/mounts/secret%3Fversion%3D1"]
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({}, None),
+    ({"host": "/var/run/postgresql"}, None),
+    ({"host": "evil.example,localhost"}, "host 'evil.example,localhost' must be one host name"),
+    ({"host": "localhost sslmode=disable"}, "host 'localhost sslmode=disable' must be one host name"),
+    ({"host": LONG}, "(10000 characters) must be one host name"),
+    ({"host": "a" * 64 + ".example"}, "must be one host name"),  # a label libpq's resolver would crash on
+    ({"port": 0}, "port must be between 1 and 65535, got 0"),
+    ({"port": -1}, "port must be between 1 and 65535, got -1"),
+    ({"connect_timeout": -3}, "connect_timeout must be between 1 and 3600 seconds, got -3"),
+    ({"admin_user": "mi-operator\x00"}, "admin_user 'mi-operator\\x00' must be 1 to 63 bytes with no NUL"),
+    ({"admin_user": "r" * 64}, "must be 1 to 63 bytes"),
+])
+def test_postgres_connection_options(change, problem):
+    params = dict(dict(PG, ssl_mode="verify-full", connect_timeout=15), **change)
+    found = postgres.option_problem(params, ("admin_user",))
+    assert found is None if problem is None else problem in found, found
+
+
+@pytest.mark.parametrize("database", ["appdb\x00", "appdb\x00ledgerdb", LONG, ""])
+def test_a_sql_database_a_driver_would_cut_or_refuse_is_named(database):
+    params = dict(SQL, database=database, connect_timeout=30)
+    problem = sqlserver.option_problem(params)
+    assert problem.startswith("database ") and len(problem) < 300
+
+
+def test_sessions_watch_at_most_a_day():
+    assert password_users.window_problem({"window_seconds": 60, "poll_seconds": 2}) is None
+    assert password_users.window_problem({"window_seconds": 10 ** 12, "poll_seconds": 2}).startswith("window_seconds")
+    assert password_users.window_problem({"window_seconds": 0, "poll_seconds": 0}).startswith("poll_seconds")
+
+
+def test_kubernetes_names_are_shown_bounded():
+    assert len(kube.name_problem("service_account", LONG)) < 300
