@@ -21,6 +21,7 @@ import types
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
+from azure.core.exceptions import ResourceNotFoundError
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import (
     arm, base, diagnose, kube, password_users, postgres, sqlserver, values, vault)
@@ -185,3 +186,141 @@ def test_sessions_watch_at_most_a_day():
 
 def test_kubernetes_names_are_shown_bounded():
     assert len(kube.name_problem("service_account", LONG)) < 300
+
+
+# --- Azure (ARM) and Kubernetes modules refuse before any request ----------------------------------------------------
+
+@pytest.mark.parametrize("name, args, field", [
+    ("azure_mi", dict(AZURE, name=LONG, resource_group="rg-lab-apps"), "name"),
+    ("azure_mi", dict(AZURE, name="mi-x", resource_group="rg-lab-apps/../rg-lab-ops"), "resource_group"),
+    ("azure_mi", dict(AZURE, name="mi-x", resource_group="rg-lab-apps", location="eastus2'; DROP --"), "location"),
+    ("azure_mi_assignment", dict(AZURE, name="vm-orders", resource_group="rg-lab-apps", identity_ids=[
+        "/subscriptions/%s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mi\n" % SUBSCRIPTION]),
+     "identity_ids"),
+    ("aks_federation", dict(AZURE, cluster_name="aks-prod", cluster_resource_group="rg-aks", identity_name="mi-x",
+                            identity_resource_group="rg-lab-apps", namespace="ns", service_account="sa",
+                            write_timeout=-1), "write_timeout"),
+    ("k8s_workload_identity", dict(AZURE, cluster_name="aks-prod", cluster_resource_group="rg-aks", namespace="ns",
+                                   service_account="sa", identity_client_id=base.NIL_GUID), "identity_client_id"),
+    ("k8s_login_check", dict(AZURE, cluster_name="aks-prod", cluster_resource_group="rg-aks", namespace="ns",
+                             service_account="sa", image="img\n--privileged", login_check={}), "image"),
+    ("k8s_login_check", dict(AZURE, cluster_name="aks-prod", cluster_resource_group="rg-aks", namespace="ns",
+                             service_account="sa", image="img", login_check={}, environment={"A\nB": "x"}),
+     "environment"),
+    ("pg_server_entra", dict(AZURE, name="pg-lab", resource_group="rg-lab-data", administrators=[
+        {"object_id": base.NIL_GUID, "principal_name": "dana"}]), "administrators[0].object_id"),
+    ("pg_server_entra", dict(AZURE, name="pg-lab", resource_group="rg-lab-data", administrators=[
+        {"object_id": "5a1e7c3d-2b4f-4a6e-8d9c-0f1e2d3c4b5a", "principal_name": "dana\nx"}]),
+     "administrators[0].principal_name"),
+    ("pg_server_entra", dict(AZURE, name='pg-lab"?x', resource_group="rg-lab-data"), "name"),
+    ("sql_server_entra", dict(AZURE, name="sql-lab", resource_group="rg-lab-data",
+                              administrator={"login": "a", "sid": base.NIL_GUID}), "administrator.sid"),
+    ("sql_server_entra", dict(AZURE, name="sql-lab", resource_group="rg-lab-data",
+                              administrator={"login": "a\x00", "sid": "9c2d4e6f-1a3b-4c5d-8e7f-6a5b4c3d2e1f"}),
+     "administrator.login"),
+    ("sql_server_entra", dict(AZURE, name="sql-lab/../sql-lab-2", resource_group="rg-lab-data"), "name"),
+    ("cosmos_rbac", dict(AZURE, account_name="cosmos-lab\n", resource_group="rg-lab-data",
+                         principal_id="5a1e7c3d-2b4f-4a6e-8d9c-0f1e2d3c4b5a", role="Data Reader"), "account_name"),
+    ("cosmos_rbac", dict(AZURE, account_name="cosmos-lab", resource_group="rg-lab-data", principal_id=LONG,
+                         role="Data Reader"), "principal_id"),
+    ("cosmos_account_entra", dict(AZURE, account_name="cosmos-lab", resource_group="rg-lab-data",
+                                  applications_using_keys=[LONG]), "applications_using_keys"),
+    ("cosmos_account_entra", dict(AZURE, account_name=LONG, resource_group="rg-lab-data"), "account_name"),
+    ("azure_access_check", dict(AZURE, scopes=[{"resource_group": "rg", "actions": ["Microsoft.Sql/servers/write\nok"]}]),
+     "scopes[0].actions[0]"),
+])
+def test_an_arm_or_kubernetes_module_refuses_before_any_request(name, args, field):
+    refused(name, args, field)
+
+
+@pytest.mark.parametrize("action, ok", [("Microsoft.Sql/servers/administrators/write", True), ("*/read", True),
+                                        ("Microsoft.Web/sites/config/list/action", True),
+                                        ("Microsoft.Sql/servers/administrators/write\nok", False),
+                                        ("Microsoft.Sql/servers/x y/write", False), (LONG + "/write", False),
+                                        ("*", False)])
+def test_rbac_actions(action, ok):
+    assert bool(module_code('azure_access_check').ACTION.fullmatch(action) and len(action) <= module_code('azure_access_check').ACTION_MAX) == ok
+
+
+# --- nothing is half done ------------------------------------------------------------------------------------------
+
+class NotFound(ResourceNotFoundError):
+    """What the Azure SDK raises for a 404: ``status_code`` and ARM's ``error.code``."""
+
+    def __init__(self, code, message):
+        super().__init__(message=message)
+        self.status_code = 404
+        self.error = types.SimpleNamespace(code=code, message=message)
+
+
+class Recorder:
+    """An SDK operations group: named calls are recorded; ``answers`` give their results (an exception is raised)."""
+
+    def __init__(self, calls, prefix, **answers):
+        self._calls, self._prefix, self._answers = calls, prefix, answers
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self._calls.append("%s.%s" % (self._prefix, name))
+            answer = self._answers.get(name)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return call
+
+
+@pytest.fixture
+def arm_calls(monkeypatch):
+    """Fake ARM clients for MIModule (``clients`` and ``subscription_id``); the calls made, in order."""
+    calls, fakes = [], {}
+    clients = types.SimpleNamespace()
+    monkeypatch.setattr(base.MIModule, "clients", property(lambda self: clients))
+    monkeypatch.setattr(base.MIModule, "subscription_id", property(lambda self: SUBSCRIPTION))
+
+    def fake(client, group, **answers):
+        setattr(fakes.setdefault(client, types.SimpleNamespace()), group, Recorder(calls, group, **answers))
+        setattr(clients, client, fakes[client])
+    return calls, fake
+
+
+def test_federation_checks_the_identity_before_turning_the_issuer_on(arm_calls):
+    calls, fake = arm_calls
+    fake("aks", "managed_clusters", get={"properties": {"oidcIssuerProfile": {"enabled": False}}})
+    fake("msi", "user_assigned_identities", get=NotFound("ResourceNotFound", "The Resource 'mi-x' was not found."))
+    msg = refused("aks_federation", dict(AZURE, cluster_name="aks-prod", cluster_resource_group="rg-aks",
+                                         identity_name="mi-x", identity_resource_group="rg-lab-apps", namespace="ns",
+                                         service_account="sa"), "identity_name")
+    assert "nothing was changed" in msg
+    assert calls == ["managed_clusters.get", "user_assigned_identities.get"]  # no begin_create_or_update
+
+
+def test_assignment_checks_the_identities_before_updating_the_workload(arm_calls):
+    calls, fake = arm_calls
+    fake("compute", "virtual_machines", get={"identity": {"type": "None"}})
+    fake("msi", "user_assigned_identities", get=NotFound("ResourceNotFound", "not found"))
+    missing = "/subscriptions/%s/resourceGroups/rg-lab-apps/providers/Microsoft.ManagedIdentity/" \
+              "userAssignedIdentities/mi-nope" % SUBSCRIPTION
+    msg = refused("azure_mi_assignment", dict(AZURE, name="vm-orders", resource_group="rg-lab-apps",
+                                              identity_ids=[missing]), "identity_ids")
+    assert "does not exist; nothing was changed" in msg
+    assert calls == ["virtual_machines.get", "user_assigned_identities.get"]  # no begin_update
+
+
+def test_an_identity_is_not_created_in_a_resource_group_that_does_not_exist(arm_calls):
+    calls, fake = arm_calls
+    fake("msi", "user_assigned_identities",
+         get=NotFound("ResourceGroupNotFound", "Resource group 'rg-nope' could not be found."))
+    msg = refused("azure_mi", dict(AZURE, name="mi-x", resource_group="rg-nope", location="eastus2"), "resource_group")
+    assert msg.startswith("resource_group 'rg-nope' does not exist in subscription")
+    assert calls == ["user_assigned_identities.get"]  # no create_or_update
+
+
+def test_an_identity_that_is_not_there_yet_is_still_created(arm_calls):
+    calls, fake = arm_calls
+    created = types.SimpleNamespace(id="/x/mi-x", name="mi-x", location="eastus2", tags={}, client_id="c",
+                                    principal_id="p", tenant_id="t")
+    fake("msi", "user_assigned_identities", get=NotFound("ResourceNotFound", "The Resource 'mi-x' was not found."),
+         create_or_update=created)
+    result = run("azure_mi", dict(AZURE, name="mi-x", resource_group="rg-lab-apps", location="eastus2"))
+    assert result["changed"] and not result.get("failed"), result
+    assert calls == ["user_assigned_identities.get", "user_assigned_identities.create_or_update"]
