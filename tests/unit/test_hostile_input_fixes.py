@@ -324,3 +324,30 @@ def test_an_identity_that_is_not_there_yet_is_still_created(arm_calls):
     result = run("azure_mi", dict(AZURE, name="mi-x", resource_group="rg-lab-apps", location="eastus2"))
     assert result["changed"] and not result.get("failed"), result
     assert calls == ["user_assigned_identities.get", "user_assigned_identities.create_or_update"]
+
+
+# --- database modules refuse before any token or connection ----------------------------------------------------------
+
+@pytest.mark.parametrize("name, args, field", [
+    ("pg_entra_principal", dict(AZURE, role=LONG, object_id="5a1e7c3d-2b4f-4a6e-8d9c-0f1e2d3c4b5a", database="appdb",
+                                **PG), "role"),
+    ("pg_entra_principal", dict(AZURE, role="r", object_id=base.NIL_GUID, database="appdb", **PG), "object_id"),
+    ("pg_entra_principal", dict(AZURE, role="r", object_id="5a1e7c3d-2b4f-4a6e-8d9c-0f1e2d3c4b5a", database="appdb",
+                                **dict(PG, host="evil.example,localhost")), "host"),
+    ("pg_sessions_info", dict(AZURE, users=["u"], window_seconds=10 ** 12, **PG), "window_seconds"),
+    ("pg_sessions_info", dict(AZURE, user_regex=["(unclosed"], **PG), "user_regex"),
+    ("pg_users_info", dict(AZURE, **dict(PG, admin_user="mi-operator\x00")), "admin_user"),
+    ("pg_users_info", dict(AZURE, known_user_regex=["(" + LONG], **PG), "known_user_regex"),
+    ("sql_entra_user", dict(AZURE, name=LONG, principal_client_id="3f2504e0-4f89-41d3-9a0c-0305e82c3301", **SQL),
+     "name"),
+    ("sql_sessions_info", dict(AZURE, users=["u"], **dict(SQL, database="appdb\x00ledgerdb")), "database"),
+    ("sql_sessions_info", dict(AZURE, users=["u"], window_seconds=10 ** 9, **SQL), "window_seconds"),
+    ("sql_users_info", dict(AZURE, **dict(SQL, database="appdb\x00")), "database"),
+    ("mi_login_check", dict(AZURE, host=LONG, database="appdb", user="u"), "host"),
+    ("mi_login_check", dict(AZURE, host="localhost", port=0, database="appdb", user="u"), "port"),
+    ("mi_login_check", dict(AZURE, host="localhost", database="appdb", user=LONG), "user"),
+    ("mi_login_check", dict(AZURE, database_type="sql", host="localhost", database="appdb", expected_user="u",
+                            query="SELECT 1; DROP USER [dbo]"), "query is refused"),
+])
+def test_a_database_module_refuses_before_connecting(name, args, field):
+    refused(name, args, field)
