@@ -351,3 +351,34 @@ def test_an_identity_that_is_not_there_yet_is_still_created(arm_calls):
 ])
 def test_a_database_module_refuses_before_connecting(name, args, field):
     refused(name, args, field)
+
+
+# --- Vault modules, secrets_scan and inventory_check -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name, args, field", [
+    ("vault_kv_cosmos_key", dict(AZURE, account_name="cosmos-lab", resource_group="rg-lab-data", path="apps/x",
+                                 field="key\x00", **VAULT), "field"),
+    ("vault_db_role", dict(VAULT, name="orders-api\u202e", backup_dir="/tmp/b"), "name"),
+    ("vault_db_role", dict(VAULT, name="orders-api", mount="data\nbase", backup_dir="/tmp/b"), "mount"),
+    ("vault_db_role", dict(VAULT, name="orders-api", backup_dir="/proc/version"), "backup_dir"),
+    ("vault_kv_secret", dict(VAULT, path="apps/./ledger/sql", state="absent"), "path"),
+    ("vault_kv_secret", dict(VAULT, path="apps/ledger/sql\x00", state="absent"), "path"),
+    ("vault_kv_secret", dict(VAULT, mount="../secret", path="apps/ledger/sql", state="absent"), "mount"),
+    ("secrets_scan", dict(paths=["/tmp\x00/../etc"]), "paths[0]"),
+    ("secrets_scan", dict(ignore=[{"rule": LONG, "reason": "r"}], paths=["/nonexistent"]), "ignore"),
+    ("secrets_scan", dict(kubernetes_objects=[{"kind": "Deployment", "namespace": "ns", "name": LONG}]),
+     "kubernetes_objects[0].name"),
+])
+def test_a_vault_or_scan_module_refuses_before_any_request(name, args, field):
+    refused(name, args, field)
+
+
+def test_backup_dir_under_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert module_code('vault_db_role').backup_dir_problem(str(tmp_path / "new" / "backups")) is None
+    assert "is not a folder" in module_code('vault_db_role').backup_dir_problem(str(tmp_path / "file"))
+    assert "is not a folder" in module_code('vault_db_role').backup_dir_problem(str(tmp_path / "file" / "below"))
+
+
+def test_the_inventory_check_does_not_repeat_a_huge_host():
+    assert inventory_utils().shown(LONG) == "a string of 10000 characters"
