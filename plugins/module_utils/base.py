@@ -189,8 +189,8 @@ class MIModule:
         options = sorted(key for key, value in self.params.items() if missing and key.endswith("resource_group")
                          and isinstance(value, str) and value.lower() == missing.group(1).lower())
         if options:
-            return "%s %s does not exist in subscription %s: %s" % (" and ".join(options), shown(missing.group(1)),
-                                                                   subscription, msg)
+            return "%s %s does not exist in subscription %s: %s" % (
+                " and ".join(options), shown(missing.group(1)), subscription, msg)
         if "SubscriptionNotFound" in text:
             return ("subscription_id %s is not a subscription the credential can see (SubscriptionNotFound): %s"
                     % (shown(subscription), msg))

@@ -213,8 +213,8 @@ def check_identity_exists(mod):
     except Exception as exc:  # the SDK's HttpResponseError family
         if status_of(exc) == 404 and "ResourceGroupNotFound" not in str(exc):
             mod.fail("identity_name: identity %s does not exist in resource group %s (identity_resource_group); "
-                     "nothing was changed: create it first (azure_mi)" % (params["identity_name"],
-                                                                         params["identity_resource_group"]), exc)
+                     "nothing was changed: create it first (azure_mi)"
+                     % (params["identity_name"], params["identity_resource_group"]), exc)
         mod.fail("could not read identity %s in %s" % (params["identity_name"], params["identity_resource_group"]), exc)
 
 

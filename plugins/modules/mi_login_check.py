@@ -307,9 +307,9 @@ def cosmos_endpoint(mod):
             or parts.username or parts.password or port in (-1, 0)
             or not all(c.isalnum() or c in "-." for c in parts.hostname)):
         text_shown = text.replace(parts.netloc, parts.netloc.rpartition("@")[2]) if "@" in parts.netloc else text
+        hidden = " (the user and password it held are not shown)" if "@" in parts.netloc else ""
         mod.fail("host %s is not a Cosmos DB account endpoint: give https://<account>.documents.azure.com:443/ or the "
-                 "host name alone%s" % (shown(text_shown), " (the user and password it held are not shown)" if "@" in parts.netloc
-                                        else ""))
+                 "host name alone%s" % (shown(text_shown), hidden))
     for cloud, suffix in cosmos.ENDPOINT_SUFFIXES.items():
         if parts.hostname.endswith(suffix) and mod.cloud.name in cosmos.ENDPOINT_SUFFIXES and cloud != mod.cloud.name:
             mod.fail("host %s is a Cosmos DB endpoint of %s, but cloud_environment is %s: its token would be for the "
@@ -421,8 +421,8 @@ def main():
                   elapsed_ms=int((time.monotonic() - started) * 1000), **extra)
     # Azure SQL compares names case-insensitively (its default collation), PostgreSQL exactly.
     if (connected_as.casefold() != expected.casefold()) if is_sql else (connected_as != expected):
-        mod.fail("connected as %r, expected %s (%s)" % (connected_as, shown(expected),
-                                                       "expected_user" if params["expected_user"] else "user"), **result)
+        option = "expected_user" if params["expected_user"] else "user"
+        mod.fail("connected as %r, expected %s (%s)" % (connected_as, shown(expected), option), **result)
     mod.exit(False, **result)
 
 

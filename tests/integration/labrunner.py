@@ -111,7 +111,6 @@ class RunningLab:
             assert secret not in text, "a lab secret leaked"
         assert not JWT.search(text), "a token leaked"
 
-
     def assert_no_secret_written_since(self, since: float) -> int:
         """No secret this lab issued (its tokens included, matched exactly) is in a regular file modified at or after
         ``since`` (epoch seconds) anywhere on the root filesystem, outside the labs' state folders (``mi-lab-*`` in the
