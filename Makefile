@@ -83,8 +83,9 @@ sanity: venv
 	tests/sanity/run.sh
 
 # Each test module starts its own lab on its own ports and state folder, so a running `make demo` lab is untouched.
+# tests/hostile is the hostile-input corpus: one module call per case on one lab, each refused and changing nothing.
 integration: venv system-packages test-packages
-	$(PYTEST) -q -n 2 --dist loadfile tests/integration
+	$(PYTEST) -q -n 2 --dist loadfile tests/integration tests/hostile
 
 molecule: venv system-packages
 	MOLECULE_LAB_PORT_BASE=$$($(BIN)/python -c 'import sys; sys.path.insert(0, "tests/integration"); \

@@ -31,7 +31,8 @@ class ActionModule(ActionBase):
         variables_by_host, unreadable = {}, []
         for host in hosts:
             if host not in hostvars:
-                return dict(result, failed=True, msg="hosts: %s is not a host of the inventory" % host)
+                return dict(result, failed=True, msg="hosts: %s is not a host of the inventory"
+                            % inventory.shown(host))
             view = hostvars[host]
             variables = {}
             for name in names:

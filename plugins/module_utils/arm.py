@@ -11,6 +11,8 @@ __metaclass__ = type
 
 import re
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control, shown
+
 # azure-core's defaults retry 429/5xx with exponential backoff and honour Retry-After; we keep them but cap the wait
 # so a throttled fleet run slows down instead of sleeping for minutes on one call.
 RETRY_TOTAL = 8
@@ -78,11 +80,28 @@ def resource_id(subscription_id, resource_group, namespace, resource_type, name)
         subscription_id, resource_group, namespace, resource_type, name)
 
 
+# Characters no ARM resource name may hold (Azure's naming rules: "can't use <, >, %, &, \\, ?, /"), besides control
+# characters.
+NOT_IN_NAMES = set("<>%&\\?/")
+# Resource group names: 1 to 90 letters (any alphabet), digits, '-', '_', '.', '(' or ')', not ending in '.'.
+_RESOURCE_GROUP = re.compile(r"[-\w.()]{0,89}[-\w()]")
+
+
 def resource_name_problem(option, value):
-    """Why ``value`` cannot be an ARM resource name in a URL path (``None`` when it can): empty, ``.``, ``..``, a
-    ``/`` or ``\\``, surrounding spaces, or over 260 characters."""
-    if not value or value in (".", "..") or "/" in value or "\\" in value or len(value) > 260 or value != value.strip():
-        return "%s %r is not a resource name (non-empty, no '/', not '.' or '..', at most 260 characters)" % (option, value)
+    """Why ``value`` cannot be an ARM resource name in a URL path (``None`` when it can): empty, ``.``, ``..``, one of
+    ``< > % & \\ ? /`` or a control character, surrounding spaces, or over 260 characters."""
+    if not value or value in (".", "..") or NOT_IN_NAMES & set(value) or has_control(value) or len(value) > 260 \
+            or value != value.strip():
+        return ("%s %s is not a resource name (1 to 260 characters, none of < > %% & \\ ? / or a control character, not "
+                "'.' or '..')" % (option, shown(value)))
+    return None
+
+
+def resource_group_problem(option, value):
+    """Why ``value`` cannot be a resource group name, or ``None``."""
+    if not isinstance(value, str) or not _RESOURCE_GROUP.fullmatch(value):
+        return ("%s %s is not a resource group name: 1 to 90 letters, digits, '-', '_', '.', '(' or ')', not ending in "
+                "'.'" % (option, shown(value)))
     return None
 
 

@@ -13,14 +13,19 @@ __metaclass__ = type
 import re
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.errors import NoLogError
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import auth, diagnose
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import ArmClients
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 # Shown in check mode and diff for values Azure assigns when the change is applied (a new identity's ids).
 KNOWN_AFTER_APPLY = "(known after apply)"
 
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+NIL_GUID = "00000000-0000-0000-0000-000000000000"
+# ARM's words for a resource group that does not exist (code ResourceGroupNotFound).
+MISSING_GROUP = re.compile(r"Resource group '([^']*)' could not be found")
 
 AZURE_ARGUMENT_SPEC = dict(
     auth_source=dict(type="str", default="auto", choices=list(auth.AUTH_SOURCES)),
@@ -58,6 +63,36 @@ def is_guid(value):
     return bool(value) and bool(GUID.fullmatch(str(value)))
 
 
+def guid_problem(option, value, what="a GUID"):
+    """Why ``value`` of ``option`` cannot be the id of an Entra principal, an application or a subscription (not a
+    GUID, or the nil GUID, which nothing has), or ``None``. ``what`` says which id is expected."""
+    if not is_guid(value):
+        return "%s %s is not a GUID: give %s as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" % (option, shown(value), what)
+    if str(value) == NIL_GUID:
+        return "%s is the nil GUID, which no Entra principal has: give %s" % (option, what)
+    return None
+
+
+def argument_error(errors, msg):
+    """The message of an argument spec failure that names its option. ansible-core reports a value that cannot be
+    converted (a string where a list of dicts is expected) first through its no_log scan, in words without the option
+    ("dictionary requested, could not parse JSON or key=value"); the error that names the option follows it."""
+    named = [str(error) for error in (errors or []) if not isinstance(error, NoLogError)]
+    if named and errors and isinstance(errors[0], NoLogError):
+        return "; ".join(named)
+    return msg
+
+
+class _Module(AnsibleModule):
+    """``AnsibleModule`` whose argument spec failures name the option (see :func:`argument_error`)."""
+
+    def fail_json(self, msg, **kwargs):  # pylint: disable=arguments-differ
+        if not getattr(self, "_mi_validated", False):
+            result = getattr(self, "validation_result", None)
+            msg = argument_error(result.errors if result is not None else None, msg)
+        AnsibleModule.fail_json(self, msg=msg, **kwargs)
+
+
 class MIModule:
     """An ``AnsibleModule`` with this collection's shared auth options and helpers.
 
@@ -72,7 +107,8 @@ class MIModule:
             if clash:  # a module option must never silently become an auth option (or the reverse)
                 raise ValueError("options %s clash with the shared Azure auth options" % ", ".join(clash))
             spec.update(AZURE_ARGUMENT_SPEC)
-        self.module = AnsibleModule(argument_spec=spec, supports_check_mode=True, **kwargs)
+        self.module = _Module(argument_spec=spec, supports_check_mode=True, **kwargs)
+        self.module._mi_validated = True  # pylint: disable=protected-access
         self.params = self.module.params
         self._cloud = None
         self._credential = None
@@ -135,13 +171,30 @@ class MIModule:
             self.fail("could not get a %s token with auth_source=%s" % (service, self.params.get("auth_source")), exc)
 
     def fail(self, msg, exc=None, **result):
-        """Fail with ``msg`` (+ the exception's secret-free text) and, when known, a ``remedy``."""
+        """Fail with ``msg`` (+ the exception's secret-free text, bounded in length) and, when known, a ``remedy``.
+
+        A resource group or subscription ARM does not know is named by the option that holds it, first."""
         text = diagnose.error_text(exc) if exc is not None else ""
         full = "%s: %s" % (msg, text) if text else msg
-        advice = diagnose.remedy(full)
+        advice = diagnose.remedy("%s: %s" % (msg, diagnose.error_text(exc, limit=None)) if text else msg)
         if advice:
             result["remedy"] = advice
-        self.module.fail_json(msg=full, **result)
+        self.module.fail_json(msg=self._named(text, full), **result)
+
+    def _named(self, text, msg):
+        """``msg``, led by the option that holds what ARM says does not exist: a resource group (``*resource_group``
+        options) or the subscription (``subscription_id``)."""
+        subscription = auth.subscription_id_from(self.params.get("subscription_id"))
+        missing = MISSING_GROUP.search(text)
+        options = sorted(key for key, value in self.params.items() if missing and key.endswith("resource_group")
+                         and isinstance(value, str) and value.lower() == missing.group(1).lower())
+        if options:
+            return "%s %s does not exist in subscription %s: %s" % (
+                " and ".join(options), shown(missing.group(1)), subscription, msg)
+        if "SubscriptionNotFound" in text:
+            return ("subscription_id %s is not a subscription the credential can see (SubscriptionNotFound): %s"
+                    % (shown(subscription), msg))
+        return msg
 
     def apply_steps(self, steps, target):
         """Run ``steps`` - ``(label, call)`` pairs, writes in the order given - unless in check mode.

@@ -24,9 +24,10 @@ __metaclass__ = type
 import re
 import uuid
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict, resource_group_problem, resource_name_problem
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.locks import (  # noqa: F401 pylint: disable=unused-import
     WriteLock, retry, status_of)
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 BUILT_IN_ROLES = {
     "00000000-0000-0000-0000-000000000001": "Cosmos DB Built-in Data Reader",
@@ -75,11 +76,20 @@ ACCOUNT_ARGUMENT_SPEC = dict(
 )
 
 
+def account_problem(params):
+    """Why ``account_name`` or ``resource_group`` cannot name an account, or ``None``."""
+    return resource_name_problem("account_name", params["account_name"]) or \
+        resource_group_problem("resource_group", params["resource_group"])
+
+
 def read_account(mod):
     """The module's account (``account_name`` in ``resource_group``) as ARM returns it, in REST shape; fails the
-    module, with a remedy, when it cannot be read."""
+    module, with a remedy, when it cannot be read (or its names cannot name one)."""
     from azure.core.exceptions import ResourceNotFoundError  # pylint: disable=import-outside-toplevel
 
+    problem = account_problem(mod.params)
+    if problem:
+        mod.fail(problem)
     rg, name = mod.params["resource_group"], mod.params["account_name"]
     try:
         return as_dict(mod.clients.cosmos.database_accounts.get(rg, name))
@@ -114,20 +124,20 @@ def normalise_scope(scope, account):
         return account, ""
     if text.lower().startswith("/subscriptions/"):
         if not text.lower().startswith(account.lower()) or text[len(account):len(account) + 1] not in ("", "/"):
-            raise ScopeError("scope %r is not in Cosmos DB account %s: give it relative (/dbs/<database>[/colls/"
-                             "<container>]) or as this account's id followed by that" % (scope, account))
+            raise ScopeError("scope %s is not in Cosmos DB account %s: give it relative (/dbs/<database>[/colls/"
+                             "<container>]) or as this account's id followed by that" % (shown(scope), account))
         relative = text[len(account):]
     elif text.startswith("/dbs/"):
         relative = text
     else:
-        raise ScopeError("scope %r is neither relative (/, /dbs/<database>, /dbs/<database>/colls/<container>) nor "
-                         "a fully qualified scope of account %s" % (scope, account))
+        raise ScopeError("scope %s is neither relative (/, /dbs/<database>, /dbs/<database>/colls/<container>) nor "
+                         "a fully qualified scope of account %s" % (shown(scope), account))
     relative = relative.rstrip("/") if relative != "/" else ""
     match = _RELATIVE_SCOPE.fullmatch(relative)
     if match is None or any(name is not None and name_problem(name) for name in match.groups()):
-        raise ScopeError("scope %r: after the account, only /dbs/<database> and then /colls/<container> may follow; "
+        raise ScopeError("scope %s: after the account, only /dbs/<database> and then /colls/<container> may follow; "
                          "names are 1 to 255 characters without / \\ ? #, control characters or a trailing space, and "
-                         "not . or .." % (scope,))
+                         "not . or .." % (shown(scope),))
     return account + relative, relative
 
 
@@ -145,10 +155,10 @@ def role_definition_guid(role, account):
     if found:
         return found.group(1).lower()
     if text.lower().startswith("/subscriptions/"):
-        raise ScopeError("role %r is not a role definition of Cosmos DB account %s (expected %s/sqlRoleDefinitions/"
-                         "<guid>)" % (role, account, account))
-    raise ScopeError("role %r is unknown: use Data Reader, Data Contributor (or their full names %s), a role "
-                     "definition GUID, or a full role definition id" % (role, " / ".join(sorted(BUILT_IN_ROLES.values()))))
+        raise ScopeError("role %s is not a role definition of Cosmos DB account %s (expected %s/sqlRoleDefinitions/"
+                         "<guid>)" % (shown(role), account, account))
+    raise ScopeError("role %s is unknown: use Data Reader, Data Contributor (or their full names %s), a role "
+                     "definition GUID, or a full role definition id" % (shown(role), " / ".join(sorted(BUILT_IN_ROLES.values()))))
 
 
 def role_definition_id(account, guid):

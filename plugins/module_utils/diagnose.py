@@ -139,15 +139,22 @@ REMEDIES = (
 )
 
 
-def error_text(exc):
-    """A one-line, secret-free description of an exception: ARM's error code and message when present."""
+ERROR_TEXT_MAX = 1000  # characters of a service's error a message repeats (a server may echo a huge input back)
+
+
+def error_text(exc, limit=ERROR_TEXT_MAX):
+    """A one-line, secret-free description of an exception: ARM's error code and message when present; at most
+    ``limit`` characters and a count of the rest (``limit=None``: all of it)."""
     if exc is None:
         return ""
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None)
     message = getattr(error, "message", None) or getattr(exc, "message", None) or str(exc)
     message = " ".join(str(message).split())
-    return "%s: %s" % (code, message) if code and code not in message else message
+    text = "%s: %s" % (code, message) if code and code not in message else message
+    if limit is not None and len(text) > limit:
+        return "%s... (%d more characters)" % (text[:limit], len(text) - limit)
+    return text
 
 
 def remedy(exc_or_text):

@@ -23,6 +23,8 @@ import os
 import re
 import tempfile
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
+
 # The doc fragment csa_inabox.managed_identity.kubernetes.
 KUBERNETES_ARGUMENT_SPEC = dict(
     cluster_name=dict(type="str"),
@@ -42,8 +44,8 @@ def name_problem(kind, value, label=False):
     """Why ``value`` cannot name a Kubernetes object of ``kind`` (``None`` when it can)."""
     pattern, limit = (DNS_LABEL, 63) if label else (DNS_SUBDOMAIN, 253)
     if not value or len(value) > limit or not pattern.fullmatch(value):
-        return ("%s %r is not a valid Kubernetes name: lower-case letters, digits and '-'%s, starting and ending with "
-                "a letter or digit, at most %d characters" % (kind, value, "" if label else " or '.'", limit))
+        return ("%s %s is not a valid Kubernetes name: lower-case letters, digits and '-'%s, starting and ending with "
+                "a letter or digit, at most %d characters" % (kind, shown(value), "" if label else " or '.'", limit))
     return None
 
 

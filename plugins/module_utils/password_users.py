@@ -13,6 +13,8 @@ __metaclass__ = type
 
 import re
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import range_problem
+
 # Roles Azure Database for PostgreSQL flexible server keeps for itself (it manages them; nobody signs in as them with a
 # password of the customer's): https://learn.microsoft.com/azure/postgresql/flexible-server/how-to-create-users
 AZURE_POSTGRES_ROLES = ("azuresu", "azure_pg_admin", "azure_superuser", "replication")
@@ -21,6 +23,16 @@ AZURE_POSTGRES_ROLES = ("azuresu", "azure_pg_admin", "azure_superuser", "replica
 def is_azure_postgres_role(name):
     """True for Azure's own roles and PostgreSQL's predefined ``pg_*`` roles."""
     return name in AZURE_POSTGRES_ROLES or name.startswith("pg_")
+
+
+WINDOW_MAX = 86400  # the sessions modules watch for at most a day
+
+
+def window_problem(params):
+    """What is wrong with the watch window of the ``*_sessions_info`` modules (``window_seconds``, ``poll_seconds``),
+    or ``None``: a window beyond a day would keep the task (and the run) waiting for it."""
+    return range_problem("window_seconds", params["window_seconds"], 0, WINDOW_MAX, " seconds") or \
+        range_problem("poll_seconds", params["poll_seconds"], 1, 3600, " seconds")
 
 
 def bad_patterns(patterns):

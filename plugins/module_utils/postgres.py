@@ -10,6 +10,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import re
+
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control, range_problem, shown
+
 # Options of doc fragment csa_inabox.managed_identity.postgres (the server), and .postgres.admin (who connects).
 SERVER_ARGUMENT_SPEC = dict(
     host=dict(type="str", required=True),
@@ -28,6 +32,37 @@ PRIVILEGES = {
     "sequence": ("USAGE", "SELECT", "UPDATE"),
 }
 PRIVILEGE_ALIASES = {"TEMP": "TEMPORARY"}
+
+MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL cuts longer names, so a longer one would name another object
+# libpq reads ',' in host as a list of hosts to try, and a host name never has spaces, quotes, ';' or '='.
+HOST_FORBIDDEN = re.compile(r"[\s,;='\"\\]")
+
+
+def name_problem(field, value):
+    """Why ``value`` cannot be a PostgreSQL name (role, database, schema, object), or ``None``: 1 to 63 bytes, no NUL."""
+    if not isinstance(value, str) or not value.strip() or "\x00" in value or len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        return "%s %s must be 1 to %d bytes with no NUL character" % (field, shown(value), MAX_NAME_BYTES)
+    return None
+
+
+def option_problem(params, names=()):
+    """What is wrong with the connection options of :data:`SERVER_ARGUMENT_SPEC` and the PostgreSQL names among
+    ``names`` (options such as ``admin_user``, ``database``), or ``None``. Checked before any token is asked for."""
+    host = params["host"]
+    if not host or len(host) > 253 or HOST_FORBIDDEN.search(host) or has_control(host) or (
+            not host.startswith("/") and any(len(label) > 63 for label in host.split("."))):
+        return ("host %s must be one host name or address (at most 253 characters, labels of at most 63), without "
+                "spaces, ',', ';', '=' or quotes (give the port in port)" % shown(host))
+    problem = range_problem("port", params["port"], 1, 65535) or \
+        range_problem("connect_timeout", params["connect_timeout"], 1, 3600, " seconds")
+    if problem:
+        return problem
+    for option in names:
+        if params.get(option) is not None:
+            problem = name_problem(option, params[option])
+            if problem:
+                return problem
+    return None
 
 
 def connect(host, port, dbname, user, token, ssl_mode="verify-full", ssl_root_cert=None, connect_timeout=15):

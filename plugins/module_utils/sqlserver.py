@@ -23,6 +23,8 @@ import re
 import struct
 import uuid
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control, shown
+
 # Options of doc fragment csa_inabox.managed_identity.sqlserver.
 SERVER_ARGUMENT_SPEC = dict(
     host=dict(type="str", required=True),
@@ -321,12 +323,19 @@ HOST_FORBIDDEN = re.compile(r"[;,={}\s]")
 
 
 def option_problem(params):
-    """What is wrong with the connection options of :data:`SERVER_ARGUMENT_SPEC` (a str), or None."""
-    if not params["host"] or HOST_FORBIDDEN.search(params["host"]):
-        return ("host %r must be a host name or address, without ';', ',', '=', braces or spaces (give the port in "
-                "port)" % params["host"])
+    """What is wrong with the connection options of :data:`SERVER_ARGUMENT_SPEC` and the module's ``database`` (a
+    str), or None."""
+    if not params["host"] or HOST_FORBIDDEN.search(params["host"]) or has_control(params["host"]) or \
+            len(params["host"]) > 253:
+        return ("host %s must be a host name or address, without ';', ',', '=', braces or spaces (give the port in "
+                "port)" % shown(params["host"]))
     if not 0 < params["port"] < 65536:
         return "port must be 1 to 65535, got %d" % params["port"]
     if params["connect_timeout"] < 1:
         return "connect_timeout must be at least 1 second"
+    if params.get("database") is not None:
+        try:
+            quote_name(params["database"])
+        except ValueError as exc:  # a NUL would end the connection string's value early: another database
+            return "database %s: %s" % (shown(params["database"]), exc)
     return None

@@ -11,10 +11,14 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import re
+
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control, shown
 
 try:
-    from urllib.parse import urlparse
+    from urllib.parse import quote, urlparse
 except ImportError:  # Python 2 controllers are not supported, but sanity imports this file there
+    from urllib import quote  # type: ignore  # pylint: disable=ungrouped-imports
     from urlparse import urlparse  # type: ignore
 
 VAULT_ARGUMENT_SPEC = dict(
@@ -57,7 +61,7 @@ def read_token(token_file):
 def kv_version(hvac_client, mount):
     """The KV version (``"1"``, ``"2"``) of ``mount``, or ``None`` when it is no KV mount. Asked the way the ``vault kv``
     CLI does (``sys/internal/ui/mounts/<mount>``), which any token with a capability on the mount may read."""
-    answer = hvac_client.adapter.get("/v1/sys/internal/ui/mounts/%s" % mount)
+    answer = hvac_client.adapter.get("/v1/sys/internal/ui/mounts/%s" % quote(mount))
     data = (answer.get("data") if isinstance(answer, dict) else None) or {}
     if data.get("type") not in ("kv", "generic"):
         return None
@@ -70,9 +74,24 @@ def path_problem(field, value):
     text = (value or "").strip("/")
     segments = text.split("/")
     if not text.strip() or any(not s.strip() or s in (".", "..") for s in segments):
-        return "%s %r must be a path of non-empty segments, without '.' or '..'" % (field, value)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        return "%s %r has control characters" % (field, value)
+        return "%s %s must be a path of non-empty segments, without '.' or '..'" % (field, shown(value))
+    if has_control(text):
+        return "%s %s has control characters" % (field, shown(value))
+    return None
+
+
+# Vault's names of roles and connections in a database secrets engine (framework.GenericNameRegex): word characters,
+# '-' and '.', starting and ending with a word character.
+NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+NAME_MAX = 255
+
+
+def name_problem(field, value):
+    """Why ``value`` cannot be the name of a database secrets engine role (or connection), or ``None``: Vault routes
+    ``roles/<name>`` only for letters, digits, '_', '-' and '.', starting and ending with a letter, digit or '_'."""
+    if not isinstance(value, str) or len(value) > NAME_MAX or not NAME.fullmatch(value):
+        return ("%s %s is not a Vault role name: 1 to %d letters, digits, '_', '-' or '.', starting and ending with a "
+                "letter, digit or '_'" % (field, shown(value), NAME_MAX))
     return None
 
 

@@ -151,9 +151,11 @@ import hashlib
 import re
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import kube
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict, resource_name_problem
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import (
+    as_dict, resource_group_problem, resource_name_problem)
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.locks import WriteLock, retry, status_of
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import range_problem, shown
 
 FIC_LIMIT = 20
 FIC_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{2,119}")
@@ -201,6 +203,19 @@ def read_cluster(mod, missing_ok=False):
             return {}
         mod.fail("could not read AKS cluster %s in %s" % (params["cluster_name"], params["cluster_resource_group"]), exc)
     return None  # not reached
+
+
+def check_identity_exists(mod):
+    """Fail when the identity to federate does not exist (in check mode it may be one this run only plans)."""
+    params = mod.params
+    try:
+        mod.clients.msi.user_assigned_identities.get(params["identity_resource_group"], params["identity_name"])
+    except Exception as exc:  # the SDK's HttpResponseError family
+        if status_of(exc) == 404 and "ResourceGroupNotFound" not in str(exc):
+            mod.fail("identity_name: identity %s does not exist in resource group %s (identity_resource_group); "
+                     "nothing was changed: create it first (azure_mi)"
+                     % (params["identity_name"], params["identity_resource_group"]), exc)
+        mod.fail("could not read identity %s in %s" % (params["identity_name"], params["identity_resource_group"]), exc)
 
 
 def cluster_state(cluster):
@@ -274,18 +289,22 @@ def main():
     problems = [kube.name_problem("namespace", params["namespace"], label=True),
                 kube.name_problem("service_account", params["service_account"])]
     if not FIC_NAME.fullmatch(name):
-        problems.append("credential_name %r must be 3 to 120 letters, digits, '-' or '_', starting with a letter or "
-                        "digit" % name)
+        problems.append("credential_name %s must be 3 to 120 letters, digits, '-' or '_', starting with a letter or "
+                        "digit" % shown(name))
     if not params["audience"] or re.search(r"\s", params["audience"]) or len(params["audience"]) > 600:
         problems.append("audience must be a non-empty value without spaces, at most 600 characters")
-    problems += [resource_name_problem(option, params[option]) for option in
-                 ("cluster_name", "cluster_resource_group", "identity_name", "identity_resource_group")]
+    problems += [resource_name_problem(option, params[option]) for option in ("cluster_name", "identity_name")]
+    problems += [resource_group_problem(option, params[option]) for option in
+                 ("cluster_resource_group", "identity_resource_group")]
+    problems.append(range_problem("write_timeout", params["write_timeout"], 0, 3600, " seconds"))
     problems = [p for p in problems if p]
     if problems:
         mod.fail("; ".join(problems))
     subject = "system:serviceaccount:%s:%s" % (params["namespace"], params["service_account"])
 
     cluster = read_cluster(mod, missing_ok=params["state"] == "absent")
+    if params["state"] == "present" and not mod.check_mode:
+        check_identity_exists(mod)  # before the cluster's features are turned on: nothing is half done
     state = cluster_state(cluster)
     before_cluster = dict(state)
     cluster_changed = False

@@ -124,9 +124,13 @@ problems:
   elements: str
 """
 
+import re
+
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import access
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict, resource_name_problem
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import (
+    as_dict, resource_group_problem, resource_name_problem)
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 SCOPE_SPEC = dict(
     resource_group=dict(type="str", required=True),
@@ -139,17 +143,30 @@ SCOPE_SPEC = dict(
 )
 
 
+# An Azure RBAC action: "<Provider namespace>/<resource type>[/...]/<verb>", with '*' wildcards; no spaces.
+ACTION = re.compile(r"[A-Za-z0-9*][A-Za-z0-9.*_-]*(/[A-Za-z0-9.*_-]+)+")
+ACTION_MAX = 512
+
+
 def validate(mod, scopes):
-    """Refuse a malformed scope before any request: a resource needs its provider, type and name together."""
+    """Refuse a malformed scope before any request: a resource needs its provider, type and name together; an action
+    is an RBAC operation name (a line break in one would match a wildcard and pass)."""
     for index, scope in enumerate(scopes):
         parts = [scope.get(k) for k in ("provider_namespace", "resource_type", "name")]
         if any(parts) and not all(parts):
             mod.fail("scopes[%d]: provider_namespace, resource_type and name go together (a resource), or none of "
                      "them (the resource group)" % index)
-        for option in ("resource_group", "provider_namespace", "resource_type", "name"):
-            problem = scope.get(option) and resource_name_problem("scopes[%d].%s" % (index, option), scope[option])
-            if problem:
-                mod.fail(problem)
+        problem = resource_group_problem("scopes[%d].resource_group" % index, scope["resource_group"])
+        for option in ("provider_namespace", "resource_type", "name"):
+            problem = problem or (scope.get(option) and resource_name_problem("scopes[%d].%s" % (index, option),
+                                                                              scope[option]))
+        for number, action in enumerate(scope["actions"]):
+            if problem is None and (len(action) > ACTION_MAX or not ACTION.fullmatch(action)):
+                problem = ("scopes[%d].actions[%d] %s is not an Azure RBAC action: <provider>/<resource type>[/...]/"
+                           "<operation>, letters, digits, '.', '_', '-' and '*' wildcards, at most %d characters"
+                           % (index, number, shown(action), ACTION_MAX))
+        if problem:
+            mod.fail(problem)
 
 
 def scope_id(subscription_id, scope):

@@ -106,11 +106,14 @@ identity:
 
 import re
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import resource_id
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import resource_group_problem, resource_id
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import (
     KNOWN_AFTER_APPLY, MIModule, differences)
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,127}")
+# A region's name (eastus2) or display name (East US 2).
+LOCATION = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ]{0,63}")
 
 
 def read_current(mod):
@@ -118,7 +121,9 @@ def read_current(mod):
 
     try:
         found = mod.clients.msi.user_assigned_identities.get(mod.params["resource_group"], mod.params["name"])
-    except ResourceNotFoundError:
+    except ResourceNotFoundError as exc:
+        if getattr(getattr(exc, "error", None), "code", None) == "ResourceGroupNotFound":
+            mod.fail("could not read identity %s" % mod.params["name"], exc)  # creating it would fail the same way
         return None
     except Exception as exc:  # any other ARM failure ends the module with its remedy
         mod.fail("could not read identity %s" % mod.params["name"], exc)
@@ -170,10 +175,16 @@ def main():
     params = mod.params
     for key, value in (params["tags"] or {}).items():
         if value is None or isinstance(value, (dict, list)):
-            mod.fail("tags.%s: %r is not a tag value (use a string)" % (key, value))
+            mod.fail("tags.%s: %s is not a tag value (use a string)" % (key, shown(value)))
     if not NAME.fullmatch(params["name"]):
-        mod.fail("name %r is not a valid identity name: 3 to 128 letters, digits, '-' or '_', starting with a letter "
-                 "or digit" % params["name"])
+        mod.fail("name %s is not a valid identity name: 3 to 128 letters, digits, '-' or '_', starting with a letter "
+                 "or digit" % shown(params["name"]))
+    problem = resource_group_problem("resource_group", params["resource_group"])
+    if problem:
+        mod.fail(problem)
+    if params["location"] and not LOCATION.fullmatch(params["location"]):
+        mod.fail("location %s is not an Azure region: give its name (eastus2) or display name (East US 2)"
+                 % shown(params["location"]))
 
     current = read_current(mod)
     if params["state"] == "absent":

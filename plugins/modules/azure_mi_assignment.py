@@ -123,9 +123,11 @@ app_settings_changed:
   type: bool
 """
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict, parse_resource_id, resource_name_problem
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import (
+    as_dict, parse_resource_id, resource_group_problem, resource_name_problem)
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.locks import status_of
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 CLIENT_ID_SETTING = "AZURE_CLIENT_ID"
 
@@ -221,7 +223,8 @@ def main():
         state=dict(type="str", default="present", choices=["present", "absent"]),
     ))
     params = mod.params
-    problems = [p for p in (resource_name_problem(o, params[o]) for o in ("name", "resource_group")) if p]
+    problems = [p for p in (resource_name_problem("name", params["name"]),
+                            resource_group_problem("resource_group", params["resource_group"])) if p]
     if problems:
         mod.fail("; ".join(problems))
     wanted = []
@@ -232,9 +235,10 @@ def main():
         value = value.rstrip("/")
         parts = parse_resource_id(value)
         if not parts or parts["namespace"].lower() != "microsoft.managedidentity" or \
-                parts["type"].lower() != "userassignedidentities" or parts["rest"]:
-            mod.fail("identity_ids: %r is not a user-assigned identity resource id (/subscriptions/<id>/resourceGroups/"
-                     "<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>)" % value)
+                parts["type"].lower() != "userassignedidentities" or parts["rest"] or \
+                resource_group_problem("group", parts["group"]) or resource_name_problem("name", parts["name"]):
+            mod.fail("identity_ids: %s is not a user-assigned identity resource id (/subscriptions/<id>/resourceGroups/"
+                     "<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>)" % shown(value))
         if value.lower() not in (w.lower() for w in wanted):  # ARM ids are case-insensitive: one entry each
             wanted.append(value)
     if params["client_id_app_setting"]:
@@ -260,6 +264,8 @@ def main():
     new_type = workload.type_name(system_assigned, after_ids)
     changed = bool(added or removed)
 
+    if added and not mod.check_mode:
+        check_identities_exist(mod, added)
     if changed and not mod.check_mode:
         if workload.DELTA:
             patch = dict((v, {}) for v in added)
@@ -296,6 +302,25 @@ def main():
     after = {"type": new_type, "userAssignedIdentities": after_ids}
     mod.exit(changed or settings_changed, before=before, after=after, identity_type=new_type,
              user_assigned_identities=after_ids, added=added, removed=removed, app_settings_changed=settings_changed)
+
+
+def check_identities_exist(mod, ids):
+    """Fail, before any write, naming each identity of ``ids`` (in the module's subscription) that ARM does not know:
+    the workload's update would be refused, after a write call."""
+    missing = []
+    for value in ids:
+        parts = parse_resource_id(value)
+        if parts["subscription"].lower() != mod.subscription_id.lower():
+            continue  # another subscription's identity: ARM checks it when it is attached
+        try:
+            mod.clients.msi.user_assigned_identities.get(parts["group"], parts["name"])
+        except Exception as exc:  # the SDK's HttpResponseError family
+            if status_of(exc) != 404:
+                mod.fail("could not read identity %s" % value, exc)
+            missing.append(value)
+    if missing:
+        mod.fail("identity_ids: %s %s not exist; nothing was changed (create %s with azure_mi first)"
+                 % (", ".join(missing), "does" if len(missing) == 1 else "do", "it" if len(missing) == 1 else "them"))
 
 
 def warn_stale_client_id(mod, workload, client_ids):

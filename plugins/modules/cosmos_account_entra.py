@@ -94,9 +94,11 @@ import datetime
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import cosmos
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control, shown
 
 TAG = "csa-inabox-keys-regenerated"
 KEY_KINDS = ("primary", "secondary", "primaryReadonly", "secondaryReadonly")
+APPLICATION_MAX = 255  # an application's name (an inventory host name)
 
 
 def count_assignments(mod):
@@ -120,15 +122,22 @@ def main():
     users = params["applications_using_keys"]
     if any(not (user or "").strip() for user in users):
         mod.fail("applications_using_keys has an empty name: list the applications by name")
+    bad = [user for user in users if len(user) > APPLICATION_MAX or has_control(user)]
+    if bad:
+        mod.fail("applications_using_keys: %s is not an application name (at most %d characters, no control "
+                 "characters)" % (shown(bad[0]), APPLICATION_MAX))
+    problem = cosmos.account_problem(params)
+    if problem:
+        mod.fail(problem)
     if params["regenerate_keys"] and want is False:
         mod.fail("regenerate_keys=true with disable_local_auth=false: keys switched back on for applications would be "
                  "regenerated under them. Roll back without regenerate_keys")
     if params["regenerate_keys"] and users:
-        mod.fail("keys of Cosmos DB account %s are not regenerated: applications still using a key: %s"
-                 % (params["account_name"], ", ".join(sorted(users))))
+        mod.fail("keys of Cosmos DB account %s are not regenerated: applications still using a key: %s "
+                 "(applications_using_keys)" % (params["account_name"], ", ".join(sorted(users))))
     if want and users:
-        mod.fail("keys of Cosmos DB account %s stay on: applications still using a key: %s. Switch and verify them "
-                 "first (or remove them from the inventory if they are gone)"
+        mod.fail("keys of Cosmos DB account %s stay on: applications still using a key: %s (applications_using_keys). "
+                 "Switch and verify them first (or remove them from the inventory if they are gone)"
                  % (name, ", ".join(sorted(params["applications_using_keys"]))))
 
     account = cosmos.read_account(mod)

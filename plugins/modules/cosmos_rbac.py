@@ -116,6 +116,7 @@ from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import (
     KNOWN_AFTER_APPLY, MIModule, is_guid)
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 NIL_GUID = "00000000-0000-0000-0000-000000000000"
 
@@ -150,8 +151,11 @@ def main():
     principal = (params["principal_id"] or "").strip().lower()
     planned = params["principal_id"] == KNOWN_AFTER_APPLY and mod.check_mode  # an identity this check run only plans
     if not planned and (not is_guid(principal) or principal == NIL_GUID):
-        mod.fail("principal_id %r is not a principal (object) id: give the identity's principal id, a GUID"
-                 % params["principal_id"])
+        mod.fail("principal_id %s is not a principal (object) id: give the identity's principal id, a GUID"
+                 % shown(params["principal_id"]))
+    problem = cosmos.account_problem(params)
+    if problem:
+        mod.fail(problem)
     for option in ("principal_wait_timeout", "busy_timeout"):
         if not 0 <= params[option] <= 3600:
             mod.fail("%s must be between 0 and 3600 seconds, got %s" % (option, params[option]))

@@ -102,10 +102,12 @@ login:
 """
 
 import json
+import re
 import time
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import kube
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control, shown
 
 MODULE = "ansible_collections.csa_inabox.managed_identity.plugins.modules.mi_login_check"
 # The arguments travel in an environment variable (they hold no secret) and become the module's arguments file.
@@ -114,6 +116,8 @@ POLL_S = 0.5
 # What the Job's environment must get from this module and from the webhook only: the check proves what they give.
 RESERVED_ENV = frozenset({"MI_LOGIN_CHECK_ARGS", "MI_PYTHON", "AZURE_CLIENT_ID", "AZURE_TENANT_ID",
                           "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"})
+ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")  # what the API server takes as a container env var name
+IMAGE_MAX = 1024  # an image reference is a registry host, a repository path of at most 255 characters, a tag or digest
 
 
 def job_body(params):
@@ -185,6 +189,15 @@ def main():
                         "from the service account's annotation, as the application does")
     if not 10 <= params["timeout"] <= 3600:
         problems.append("timeout must be between 10 and 3600 seconds")
+    image = params["image"]
+    if not image or len(image) > IMAGE_MAX or has_control(image) or re.search(r"\s", image):
+        problems.append("image %s is not an image reference: 1 to %d characters without spaces or control characters "
+                        "(registry/repository:tag or @digest)" % (shown(image), IMAGE_MAX))
+    problems += ["environment: %s is not an environment variable name (letters, digits, '_', '-' and '.', not "
+                 "starting with a digit)" % shown(name) for name in sorted(params["environment"])
+                 if not ENV_NAME.fullmatch(str(name))]
+    if params["python"] is not None and (not params["python"].strip() or has_control(params["python"])):
+        problems.append("python %s is not a command: a path or name without control characters" % shown(params["python"]))
     problems = [p for p in problems if p]
     if problems:
         mod.fail("; ".join(problems))

@@ -125,13 +125,15 @@ import copy
 import re
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import kube
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule, is_guid
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule, guid_problem
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
 USE_LABEL = "azure.workload.identity/use"
 VAULT_PREFIX = "vault.hashicorp.com/"
 SECRET_LIKE = re.compile(r"(?i)(password|passwd|pwd|secret|token|credential)")
 CONFLICT_RETRIES = 5
+ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")  # what the API server takes as a container env var name
 
 
 def _metadata(obj, *path):
@@ -248,10 +250,10 @@ def main():
     if params["deployment"] is not None:
         problems.append(kube.name_problem("deployment", params["deployment"]))
     client_id = params["identity_client_id"]
-    if client_id is not None and not is_guid(client_id) and not (mod.check_mode and client_id == KNOWN_AFTER_APPLY):
-        problems.append("identity_client_id must be the identity's client id (a GUID), got %r" % client_id)
-    problems += ["remove_env: %r is not an environment variable name" % name for name in params["remove_env"]
-                 if not re.fullmatch(r"[-._a-zA-Z][-._a-zA-Z0-9]*", name or "")]
+    if client_id is not None and not (mod.check_mode and client_id == KNOWN_AFTER_APPLY):
+        problems.append(guid_problem("identity_client_id", client_id, "the identity's client id"))
+    problems += ["remove_env: %s is not an environment variable name" % shown(name) for name in params["remove_env"]
+                 if not ENV_NAME.fullmatch(name or "")]
     problems = [p for p in problems if p]
     if problems:
         mod.fail("; ".join(problems))

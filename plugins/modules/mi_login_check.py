@@ -203,6 +203,7 @@ from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import postgres as pg
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import sqlserver as sql
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import clipped, shown
 
 
 def object_id_of(token):
@@ -305,10 +306,10 @@ def cosmos_endpoint(mod):
     if (parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment
             or parts.username or parts.password or port in (-1, 0)
             or not all(c.isalnum() or c in "-." for c in parts.hostname)):
-        shown = text.replace(parts.netloc, parts.netloc.rpartition("@")[2]) if "@" in parts.netloc else text
-        mod.fail("host %r is not a Cosmos DB account endpoint: give https://<account>.documents.azure.com:443/ or the "
-                 "host name alone%s" % (shown, " (the user and password it held are not shown)" if "@" in parts.netloc
-                                        else ""))
+        text_shown = text.replace(parts.netloc, parts.netloc.rpartition("@")[2]) if "@" in parts.netloc else text
+        hidden = " (the user and password it held are not shown)" if "@" in parts.netloc else ""
+        mod.fail("host %s is not a Cosmos DB account endpoint: give https://<account>.documents.azure.com:443/ or the "
+                 "host name alone%s" % (shown(text_shown), hidden))
     for cloud, suffix in cosmos.ENDPOINT_SUFFIXES.items():
         if parts.hostname.endswith(suffix) and mod.cloud.name in cosmos.ENDPOINT_SUFFIXES and cloud != mod.cloud.name:
             mod.fail("host %s is a Cosmos DB endpoint of %s, but cloud_environment is %s: its token would be for the "
@@ -382,7 +383,8 @@ def main():
     if params["database_type"] == "cosmos":
         main_cosmos(mod)
     is_sql = params["database_type"] == "sql"
-    params["port"] = params["port"] or (1433 if is_sql else 5432)
+    if params["port"] is None:
+        params["port"] = 1433 if is_sql else 5432
     if is_sql:
         problem = sql.option_problem(params)
         if problem:
@@ -390,6 +392,10 @@ def main():
         problem = params["query"] and sql.read_only_problem(params["query"])
         if problem:
             mod.fail("query is refused: %s. The check only reads" % problem)
+    else:
+        problem = pg.option_problem(params, ("database", "user", "expected_user"))
+        if problem:
+            mod.fail(problem)
     expected = params["expected_user"] or params["user"]
     if is_sql and not expected:
         mod.fail("expected_user (or user) is required for database_type=sql: the name the identity's database user has")
@@ -415,7 +421,8 @@ def main():
                   elapsed_ms=int((time.monotonic() - started) * 1000), **extra)
     # Azure SQL compares names case-insensitively (its default collation), PostgreSQL exactly.
     if (connected_as.casefold() != expected.casefold()) if is_sql else (connected_as != expected):
-        mod.fail("connected as %r, expected %r" % (connected_as, expected), **result)
+        option = "expected_user" if params["expected_user"] else "user"
+        mod.fail("connected as %r, expected %s (%s)" % (connected_as, shown(expected), option), **result)
     mod.exit(False, **result)
 
 
@@ -434,7 +441,7 @@ def main_cosmos(mod):
             mod.fail("%s is required for database_type=cosmos" % option)
         problem = cosmos.name_problem(params[option])
         if problem:
-            mod.fail("%s %r is not a Cosmos DB id: it %s" % (option, params[option], problem))
+            mod.fail("%s %s is not a Cosmos DB id: it %s" % (option, shown(params[option]), problem))
     if not 1 <= params["connect_timeout"] <= 300:
         mod.fail("connect_timeout must be between 1 and 300 seconds, got %s" % params["connect_timeout"])
     if params["parameters"] and not params["query"]:
@@ -444,8 +451,8 @@ def main_cosmos(mod):
             mod.fail("parameters[%d] must have exactly the keys name and value, got %s"
                      % (number, ", ".join(sorted(parameter)) or "none"))
         if not isinstance(parameter["name"], str) or not parameter["name"].startswith("@"):
-            mod.fail("parameters[%d].name must be a string starting with @ (as the query names it), got %r"
-                     % (number, parameter["name"]))
+            mod.fail("parameters[%d].name must be a string starting with @ (as the query names it), got %s"
+                     % (number, shown(parameter["name"])))
     expected = (params["expected_user"] or "").lower() or None
     cosmos_endpoint(mod)  # a bad endpoint fails before any token is asked for
     credential = RecordingCredential(mod.credential, params["cosmos_scope"])
@@ -472,7 +479,7 @@ def main_cosmos(mod):
     result = dict(connected_as=principal, token_object_id=principal, token_expires_on=int(credential.access.expires_on),
                   row=plain, elapsed_ms=int((time.monotonic() - started) * 1000), **extra)
     if expected and principal != expected:
-        mod.fail("connected as principal %s, expected %s" % (principal, expected), **result)
+        mod.fail("connected as principal %s, expected %s (expected_user)" % (principal, clipped(expected)), **result)
     mod.exit(False, **result)
 
 

@@ -193,15 +193,16 @@ queries:
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import postgres as pg
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import (
-    KNOWN_AFTER_APPLY, MIModule, is_guid)
+    KNOWN_AFTER_APPLY, MIModule, guid_problem)
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
-MAX_NAME_BYTES = 63
 ADVISORY_LOCK_KEY = 0x6D695F7067  # "mi_pg": one lock for this collection's DDL on a cluster
 
 
 def check_name(mod, field, value):
-    if not value or not value.strip() or "\x00" in value or len(value.encode("utf-8")) > MAX_NAME_BYTES:
-        mod.fail("%s %r must be 1 to %d bytes with no NUL character" % (field, value, MAX_NAME_BYTES))
+    problem = pg.name_problem(field, value)
+    if problem:
+        mod.fail(problem)
 
 
 def normalise_privileges(mod, field, kind, privileges):
@@ -212,7 +213,7 @@ def normalise_privileges(mod, field, kind, privileges):
         if name == "ALL":
             result.extend(allowed)
         elif name not in allowed:
-            mod.fail("%s: %r is not a privilege on a %s; use some of %s" % (field, value, kind, ", ".join(allowed)))
+            mod.fail("%s: %s is not a privilege on a %s; use some of %s" % (field, shown(value), kind, ", ".join(allowed)))
         else:
             result.append(name)
     if not result:
@@ -223,15 +224,16 @@ def normalise_privileges(mod, field, kind, privileges):
 def validate(mod):
     """Check every option before any connection: names, GUIDs, privilege names."""
     params = mod.params
-    check_name(mod, "role", params["role"])
-    check_name(mod, "database", params["database"])
-    check_name(mod, "admin_user", params["admin_user"])
+    problem = pg.option_problem(params, ("role", "database", "admin_user"))
+    if problem:
+        mod.fail(problem)
     if params["state"] == "present":
         oid = params["object_id"]
+        problem = guid_problem("object_id", oid, "the managed identity's principal id (object id)")
         if oid == KNOWN_AFTER_APPLY and mod.check_mode:
             pass  # the identity is only planned in this check-mode run
-        elif not is_guid(oid):
-            mod.fail("object_id %r is not a GUID: pass the managed identity's principal id (object id)" % (oid,))
+        elif problem:
+            mod.fail(problem)
     for index, grant in enumerate(params["grants"]):
         field = "grants[%d]" % index
         if grant["object_type"] != "database":
@@ -280,7 +282,7 @@ def desired_privileges(mod, cur):
         cur.execute("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = %s", (grant["schema"],))
         row = cur.fetchone()
         if row is None:
-            mod.fail("%s.schema: schema %r does not exist in database %s" % (field, grant["schema"], params["database"]))
+            mod.fail("%s.schema: schema %s does not exist in database %s" % (field, shown(grant["schema"]), params["database"]))
         if kind == "schema":
             owners.add(database_owner if row[0] == "pg_database_owner" else row[0])
             wanted.update((kind, grant["schema"], grant["schema"], p) for p in grant["privileges"])
@@ -290,7 +292,7 @@ def desired_privileges(mod, cur):
         names = sorted(present) if "ALL" in grant["objects"] else grant["objects"]
         missing = [n for n in names if n not in present]
         if missing:
-            mod.fail("%s.objects: no %s named %s in schema %s" % (field, kind, ", ".join(map(repr, missing)),
+            mod.fail("%s.objects: no %s named %s in schema %s" % (field, kind, ", ".join(map(shown, missing)),
                                                                   grant["schema"]))
         for name in names:
             owners.add(present[name])
@@ -300,11 +302,11 @@ def desired_privileges(mod, cur):
         field = "default_privileges[%d]" % index
         cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (default["schema"],))
         if cur.fetchone() is None:
-            mod.fail("%s.schema: schema %r does not exist in database %s"
-                     % (field, default["schema"], params["database"]))
+            mod.fail("%s.schema: schema %s does not exist in database %s"
+                     % (field, shown(default["schema"]), params["database"]))
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (default["for_role"],))
         if cur.fetchone() is None:
-            mod.fail("%s.for_role: role %r does not exist" % (field, default["for_role"]))
+            mod.fail("%s.for_role: role %s does not exist" % (field, shown(default["for_role"])))
         owners.add(default["for_role"])
         defaults.update((default["for_role"], default["schema"], default["object_type"], p) for p in default["privileges"])
     return wanted, defaults, owners

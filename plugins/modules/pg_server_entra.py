@@ -139,8 +139,10 @@ operations:
 
 import os
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule, is_guid
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import (
+    as_dict, resource_group_problem, resource_name_problem)
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule, guid_problem, is_guid
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control, shown
 
 MAX_ROLE_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -202,18 +204,23 @@ def by_object_id(admins):
 
 
 def validate(mod):
+    problem = resource_name_problem("name", mod.params["name"]) or \
+        resource_group_problem("resource_group", mod.params["resource_group"])
+    if problem:
+        mod.fail(problem)
     seen = set()
     for index, admin in enumerate(mod.params["administrators"]):
         where = "administrators[%d]" % index
-        if not is_guid(admin["object_id"]):
-            mod.fail("%s.object_id %r is not a GUID (the principal's object id in Entra ID)" % (where, admin["object_id"]))
+        problem = guid_problem(where + ".object_id", admin["object_id"], "the principal's object id in Entra ID")
+        if problem:
+            mod.fail(problem)
         if admin["object_id"].lower() in seen:
             mod.fail("%s.object_id %s is listed twice" % (where, admin["object_id"]))
         seen.add(admin["object_id"].lower())
         name = admin["principal_name"]
-        if not name.strip() or len(name.encode("utf-8")) > MAX_ROLE_NAME_BYTES or "\x00" in name:
-            mod.fail("%s.principal_name %r must be 1 to %d bytes (it becomes a PostgreSQL role name)"
-                     % (where, name, MAX_ROLE_NAME_BYTES))
+        if not name.strip() or len(name.encode("utf-8")) > MAX_ROLE_NAME_BYTES or has_control(name):
+            mod.fail("%s.principal_name %s must be 1 to %d bytes without control characters (it is the principal's "
+                     "display name in Entra ID and becomes a PostgreSQL role name)" % (where, shown(name), MAX_ROLE_NAME_BYTES))
 
 
 def main():
@@ -233,7 +240,7 @@ def main():
     validate(mod)
     tenant_id = params["tenant_id"] or os.environ.get("AZURE_TENANT_ID")
     if tenant_id and not is_guid(tenant_id):
-        mod.fail("tenant_id %r is not a GUID" % tenant_id)
+        mod.fail("tenant_id %s is not a GUID" % shown(tenant_id))
 
     auth_config, admins, replication = read_current(mod)
     want_ad = enabled(params["active_directory_auth"]) or auth_config["activeDirectoryAuth"]

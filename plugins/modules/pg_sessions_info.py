@@ -74,8 +74,10 @@ sessions:
 
 import time
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import password_users
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import postgres as pg
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 QUERY = """
 SELECT pid, usename, datname, application_name, host(client_addr),
@@ -97,10 +99,13 @@ def main():
     spec.update(pg.ADMIN_ARGUMENT_SPEC)
     mod = MIModule(spec)
     params = mod.params
-    if params["window_seconds"] < 0 or params["poll_seconds"] < 1:
-        mod.fail("window_seconds must be >= 0 and poll_seconds >= 1")
+    problem = password_users.window_problem(params) or pg.option_problem(params, ("admin_user",))
+    if problem:
+        mod.fail(problem)
     if not (params["users"] or params["user_regex"]):
         mod.fail("give users or user_regex: without them every session would match")
+    for pattern, error in password_users.bad_patterns(params["user_regex"]):
+        mod.fail("user_regex %s is not a valid regular expression: %s" % (shown(pattern), error))
     try:
         import psycopg  # pylint: disable=import-outside-toplevel
     except ImportError:

@@ -97,6 +97,7 @@ passwords_visible:
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import password_users
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import postgres as pg
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 ENTRA_PRINCIPALS = "SELECT rolname FROM pgaadauth_list_principals(false)"
 CAN_READ_PASSWORDS = "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')"
@@ -139,8 +140,11 @@ def main():
     spec.update(pg.ADMIN_ARGUMENT_SPEC)
     mod = MIModule(spec)
     params = mod.params
+    problem = pg.option_problem(params, ("admin_user",))
+    if problem:
+        mod.fail(problem)
     for pattern, error in password_users.bad_patterns(params["known_user_regex"]):
-        mod.fail("known_user_regex %r is not a valid regular expression: %s" % (pattern, error))
+        mod.fail("known_user_regex %s is not a valid regular expression: %s" % (shown(pattern), error))
     try:
         import psycopg  # pylint: disable=import-outside-toplevel
     except ImportError:

@@ -210,6 +210,7 @@ truncated:
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import kube
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import secretscan
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 KINDS = ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod", "ServiceAccount", "ConfigMap"]
 
@@ -303,13 +304,18 @@ def main():
         mod.fail("nothing to scan: give paths, kubernetes_objects, or both")
     if params["max_file_size"] < 1 or params["max_files"] < 1:
         mod.fail("max_file_size and max_files must be positive")
+    for index, path in enumerate(params["paths"]):
+        if not path or "\x00" in path:
+            mod.fail("paths[%d] %s is not a path: a file or folder name cannot be empty or hold a NUL character"
+                     % (index, shown(path)))
     rules = set(rule.rule for rule in secretscan.RULES) | {"*"}
     unknown = sorted(set(entry["rule"] for entry in params["ignore"]) - rules)
     if unknown:
-        mod.fail("ignore names unknown rule(s) %s; the rules are %s" % (", ".join(unknown), ", ".join(sorted(rules))))
-    for wanted in params["kubernetes_objects"]:
+        mod.fail("ignore names unknown rule(s) %s; the rules are %s"
+                 % (", ".join(shown(rule) for rule in unknown), ", ".join(sorted(rules))))
+    for index, wanted in enumerate(params["kubernetes_objects"]):
         for key, label in (("namespace", True), ("name", False)):
-            problem = kube.name_problem(key, wanted[key], label=label)
+            problem = kube.name_problem("kubernetes_objects[%d].%s" % (index, key), wanted[key], label=label)
             if problem:
                 mod.fail(problem)
 

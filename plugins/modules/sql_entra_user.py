@@ -186,6 +186,7 @@ driver:
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import sqlserver as sql
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import (
     KNOWN_AFTER_APPLY, MIModule, is_guid)
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 TYPE_DESC = {"E": "EXTERNAL_USER", "X": "EXTERNAL_GROUP", "S": "SQL_USER"}
 # The option holding each kind of id. Not "client_id": that is the option of the shared Azure auth options that
@@ -197,7 +198,7 @@ def check_name(mod, field, value):
     try:
         sql.quote_name(value)
     except ValueError as exc:
-        mod.fail("%s %r: %s" % (field, value, exc))
+        mod.fail("%s %s: %s" % (field, shown(value), exc))
 
 
 def validate(mod):
@@ -218,7 +219,7 @@ def validate(mod):
         if value == KNOWN_AFTER_APPLY and mod.check_mode:
             continue
         if value and not is_guid(value):
-            mod.fail("%s %r is not a GUID: give it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" % (field, value))
+            mod.fail("%s %s is not a GUID: give it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" % (field, shown(value)))
         if value and not value.strip("0-"):
             mod.fail("%s is the nil GUID, which no Entra principal has" % field)
     kind, source = sql.PRINCIPAL_TYPES[params["principal_type"]]
@@ -269,8 +270,8 @@ def resolve_roles(mod, cur):
         row = cur.fetchone()
         (found if row else missing).append(row[0] if row else role)
     if missing:
-        mod.fail("database %s has no role named %s; create the role first (roles belong to the application's schema, "
-                 "which this module does not manage)" % (mod.params["database"], ", ".join(repr(r) for r in missing)))
+        mod.fail("roles: database %s has no role named %s; create the role first (roles belong to the application's schema, "
+                 "which this module does not manage)" % (mod.params["database"], ", ".join(shown(r) for r in missing)))
     return sorted(set(found), key=str.casefold)
 
 

@@ -110,9 +110,11 @@ operations:
 
 import os
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import (
+    as_dict, resource_group_problem, resource_name_problem)
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import (
-    KNOWN_AFTER_APPLY, MIModule, is_guid)
+    KNOWN_AFTER_APPLY, MIModule, guid_problem, is_guid)
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control, shown
 
 
 def read_current(mod):
@@ -177,16 +179,22 @@ def main():
         azure_ad_only_authentication=dict(type="bool"),
     ))
     params = mod.params
+    problem = resource_name_problem("name", params["name"]) or \
+        resource_group_problem("resource_group", params["resource_group"])
+    if problem:
+        mod.fail(problem)
     wanted = params["administrator"]
     if wanted is not None:
-        if not is_guid(wanted["sid"]):
-            mod.fail("administrator.sid %r is not a GUID (object id for users and groups, client id for "
-                     "applications and managed identities)" % wanted["sid"])
-        if not wanted["login"].strip() or len(wanted["login"]) > 128:
-            mod.fail("administrator.login must be 1 to 128 characters")
+        problem = guid_problem("administrator.sid", wanted["sid"], "the object id of a user or group, or the client id "
+                               "of an application or managed identity")
+        if problem:
+            mod.fail(problem)
+        if not wanted["login"].strip() or len(wanted["login"]) > 128 or has_control(wanted["login"]):
+            mod.fail("administrator.login must be 1 to 128 characters without control characters (the principal's "
+                     "display name in Entra ID)")
     tenant_id = params["tenant_id"] or os.environ.get("AZURE_TENANT_ID")
     if tenant_id and not is_guid(tenant_id):
-        mod.fail("tenant_id %r is not a GUID" % tenant_id)
+        mod.fail("tenant_id %s is not a GUID" % shown(tenant_id))
 
     admin, entra_only, partners = read_current(mod)
     rg, name = params["resource_group"], params["name"]

@@ -76,6 +76,7 @@ driver:
 
 import time
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import password_users
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import sqlserver as sql
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
 
@@ -93,8 +94,9 @@ def main():
     spec.update(sql.SERVER_ARGUMENT_SPEC)
     mod = MIModule(spec)
     params = mod.params
-    if params["window_seconds"] < 0 or params["poll_seconds"] < 1:
-        mod.fail("window_seconds must be >= 0 and poll_seconds >= 1")
+    problem = password_users.window_problem(params)
+    if problem:
+        mod.fail(problem)
     if not params["users"]:
         mod.fail("users must name at least one login")
     conn, driver, target = sql.sign_in_or_fail(mod)

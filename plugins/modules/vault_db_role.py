@@ -132,6 +132,7 @@ import os
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import vault
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 ROLE_FIELDS = ("db_name", "creation_statements", "revocation_statements", "rollback_statements",
                "renew_statements", "default_ttl", "max_ttl", "credential_type", "credential_config")
@@ -145,6 +146,24 @@ def read_or_none(call):
         return call()["data"]
     except hvac.exceptions.InvalidPath:
         return None
+
+
+def backup_dir_problem(path):
+    """Why the backups cannot go below ``path``, or ``None``: a NUL in it, or an existing file (not a folder) at it or
+    at one of its parents. Checked before Vault is asked anything."""
+    if not path or "\x00" in path:
+        return "backup_dir %s is not a path" % shown(path)
+    here = os.path.abspath(path)
+    while True:
+        if os.path.exists(here):
+            if not os.path.isdir(here):
+                return ("backup_dir %s: %s is not a folder, so the backups cannot be written below it; nothing was "
+                        "changed" % (shown(path), here))
+            return None
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
 
 
 def write_backup(path, data):
@@ -353,10 +372,10 @@ def main():
     mod = MIModule(spec, azure=False, mutually_exclusive=[("connection_password_file", "connection_password_env")])
     params = mod.params
     mount, name = params["mount"].strip("/"), params["name"]
-    if not name or "/" in name or name in (".", ".."):
-        mod.fail("name %r is not a role name (no '/')" % name)
-    if not mount or any(part in ("", ".", "..") for part in mount.split("/")):
-        mod.fail("mount %r is not a mount path (no empty, '.' or '..' segments)" % params["mount"])
+    problem = vault.name_problem("name", name) or vault.path_problem("mount", params["mount"]) or \
+        backup_dir_problem(params["backup_dir"])
+    if problem:
+        mod.fail(problem)
     role_backup = os.path.join(params["backup_dir"], mount, "roles", name + ".json")
     try:
         import hvac  # pylint: disable=import-outside-toplevel
@@ -389,13 +408,17 @@ def main():
                 not roles_using(client, mount, connection_name, name):
             delete_connection = connection_name
         if not mod.check_mode:
-            write_backup(role_backup, dict(role, name=name, mount=mount))
-            files.append(role_backup)
-            if connection is not None:
-                conn_backup = os.path.join(params["backup_dir"], mount, "connections", connection_name + ".json")
-                write_backup(conn_backup, dict(((k, v) for k, v in connection.items() if k not in CONNECTION_SECRET_KEYS),
-                                               name=connection_name, mount=mount))
-                files.append(conn_backup)
+            try:
+                write_backup(role_backup, dict(role, name=name, mount=mount))
+                files.append(role_backup)
+                if connection is not None:
+                    conn_backup = os.path.join(params["backup_dir"], mount, "connections", connection_name + ".json")
+                    write_backup(conn_backup, dict(((k, v) for k, v in connection.items()
+                                                    if k not in CONNECTION_SECRET_KEYS), name=connection_name, mount=mount))
+                    files.append(conn_backup)
+            except OSError as exc:  # before any Vault write: the role stays as it is
+                mod.fail("backup_dir: could not write the backup below %s (%s); nothing was changed in Vault"
+                         % (params["backup_dir"], exc.strerror or exc), backup_files=files)
         if params["revoke_leases"]:
             operations.append("PUT sys/leases/revoke-prefix/%s (%d leases)" % (prefix, leases))
             if not mod.check_mode:

@@ -73,6 +73,7 @@ import hmac
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import cosmos, vault
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control
 
 FIELDS = {"primary": "primaryMasterKey", "secondary": "secondaryMasterKey",
           "primaryReadonly": "primaryReadonlyMasterKey", "secondaryReadonly": "secondaryReadonlyMasterKey"}
@@ -108,8 +109,11 @@ def main():
         problem = vault.path_problem(option, value)
         if problem:
             mod.fail(problem + " (path names a secret inside the mount, without the mount)")
-    if not field or len(field) > 256:
-        mod.fail("field must be 1 to 256 characters")
+    if not field or len(field) > 256 or has_control(field):
+        mod.fail("field must be 1 to 256 characters without control characters (the key the application reads)")
+    problem = cosmos.account_problem(params)
+    if problem:
+        mod.fail(problem)
     target = "%s/%s#%s" % (mount, path, field)
     try:
         import hvac.exceptions  # pylint: disable=import-outside-toplevel

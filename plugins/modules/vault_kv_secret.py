@@ -87,6 +87,7 @@ import datetime
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import vault
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import clipped
 
 
 def is_deleted(version, now):
@@ -110,9 +111,11 @@ def main():
     mod = MIModule(spec, azure=False)
     params = mod.params
     path = params["path"].strip("/")
-    target = "%s/%s" % (params["mount"], path)
-    if not path or ".." in path.split("/"):
-        mod.fail("path %r must name a secret inside the mount (no leading mount, no '..')" % params["path"])
+    target = clipped("%s/%s" % (params["mount"], path))
+    for option in ("mount", "path"):
+        problem = vault.path_problem(option, params[option])
+        if problem:
+            mod.fail(problem + " (path names a secret inside the mount, without the mount)")
     try:
         import hvac.exceptions  # pylint: disable=import-outside-toplevel
     except ImportError:
@@ -126,7 +129,7 @@ def main():
         if params["missing_ok"]:
             mod.exit(False, versions=[], exists=False, operations=[])
         mod.fail("there is no KV v2 secret %s (or no KV v2 mount %s): check mount and path, or set missing_ok=true "
-                 "when a secret that is already gone is fine" % (target, params["mount"]))
+                 "when a secret that is already gone is fine" % (target, clipped(params["mount"])))
     except vault.VaultConfigError as exc:
         mod.fail(str(exc))
     except Exception as exc:  # hvac raises per status code, requests per transport

@@ -79,6 +79,11 @@ def _shown(value) -> str:
     return repr(value)
 
 
+def shown(value) -> str:
+    """How a message of the controller side repeats a value it refuses (see :func:`_shown`)."""
+    return _shown(value)
+
+
 def _message(error) -> str:
     """jsonschema's message with the bad value described by :func:`_shown` in place of its ``repr``."""
     instance = repr(error.instance)
