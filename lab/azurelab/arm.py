@@ -85,7 +85,9 @@ Every request needs a lab bearer token for the ``resource_manager`` audience (40
 and an ``api-version`` (any value). Ids compare case-insensitively. Errors use ARM's envelope and codes. State is
 saved to ``paths().arm_state`` after every write.
 
-Lab API (no auth; loopback only; not counted): ``GET /lab/counters``, ``POST /lab/counters/reset``,
+Lab API (no auth; loopback only; not counted): ``GET /lab/counters`` (ARM requests by method, ``total``, ``writes``,
+``faulted``; and the databases' ``postgres_sessions``, ``postgres_round_trips``, ``sql_sessions``,
+``sql_round_trips``, see :meth:`ArmState.count_database`), ``POST /lab/counters/reset``,
 ``GET|POST|DELETE /lab/faults``, ``GET|POST|DELETE /lab/grant-faults`` (grants the PostgreSQL server takes away
 from a role at its logins, see :meth:`ArmState.add_grant_fault`), ``GET /lab/state``, ``GET|POST|DELETE /lab/locks``,
 ``GET|POST|DELETE /lab/role-assignments``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
@@ -155,6 +157,8 @@ FIC_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}")
 FIC_LIMIT = 20
 FIC_WRITE_WINDOW_S = 0.3
 WRITE_METHODS = ("PUT", "PATCH", "DELETE", "POST")
+DATABASE_ENGINES = ("postgres", "sql")
+DATABASE_COUNTS = ("sessions", "round_trips")
 
 MI = "Microsoft.ManagedIdentity/userAssignedIdentities"
 VM = "Microsoft.Compute/virtualMachines"
@@ -731,6 +735,18 @@ class ArmState:
         with self._lock:
             self.counters = {m: 0 for m in ("GET", "HEAD", "PUT", "PATCH", "DELETE", "POST")}
             self.counters.update(total=0, writes=0, faulted=0)
+            self.counters.update({f"{engine}_{what}": 0 for engine in DATABASE_ENGINES for what in DATABASE_COUNTS})
+
+    def count_database(self, engine: str, what: str) -> None:
+        """Count one database session (``what="sessions"``: a login that got in) or one round trip (``"round_trips"``:
+        a request the client waits for, a query or an extended-protocol Sync on PostgreSQL, a SQL batch, RPC or
+        transaction request on Azure SQL) of ``engine`` (``postgres`` or ``sql``), whoever the client is.
+        ``KeyError`` for another engine or count."""
+        key = f"{engine}_{what}"
+        with self._lock:
+            if key not in self.counters:
+                raise KeyError(key)
+            self.counters[key] += 1
 
     def counters_snapshot(self) -> dict[str, int]:
         with self._lock:

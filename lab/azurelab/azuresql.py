@@ -108,7 +108,7 @@ def build(paths: LabPaths, topology: dict, issuer: "Issuer", ports: dict[str, in
             admin_login=server["administrator_login"], admin_password=admin_password(secrets_file, name),
             databases=tuple(server.get("databases", {})), entra_admin=admin_sid(name), entra_only=entra_only(name),
             tenant_id=topology["tenant_id"], catalog=paths.sql_catalog(name), resolve_principal=resolve,
-            directory_readers=lambda readers=readers: readers)
+            directory_readers=lambda readers=readers: readers, count=lambda what: arm.count_database("sql", what))
     return labs
 
 

@@ -70,13 +70,16 @@ class PgFront:
     ``auth_config()`` returns the server's current ARM ``properties.authConfig``
     (``{"activeDirectoryAuth": "Enabled"|"Disabled", "passwordAuth": "Enabled"|"Disabled", "tenantId": ...}``;
     missing keys take Azure's defaults, Entra off and passwords on). It is called for every login, so ARM changes
-    apply to new sessions only, like on Azure. ``port=0`` picks a free port (then read :attr:`port`).
+    apply to new sessions only, like on Azure. ``count(what)`` is called for every session relayed (``"sessions"``)
+    and every round trip in it (``"round_trips"``, see :func:`_relay`). ``port=0`` picks a free port (then read :attr:`port`).
     """
 
     def __init__(self, paths: LabPaths, issuer: Issuer, port: int, server_name: str,
                  auth_config: Callable[[], dict], backend: PostgresLab,
-                 grant_faults: Callable[[str], list[dict]] = lambda role: []):
+                 grant_faults: Callable[[str], list[dict]] = lambda role: [],
+                 count: Callable[[str], None] = lambda what: None):
         self.issuer = issuer
+        self.count = count
         self.grant_faults = grant_faults
         self.server_name = server_name
         self.auth_config = auth_config
@@ -122,8 +125,9 @@ class _Session(socketserver.BaseRequestHandler):
             if backend is None:
                 return
             client.settimeout(None)
+            front.count("sessions")
             with backend:
-                _relay(client, backend)
+                _relay(client, backend, lambda: front.count("round_trips"))
         except (OSError, ValueError, struct.error) as exc:
             LOG.info("%s: connection ended: %s", front.server_name, type(exc).__name__)
         finally:
@@ -246,9 +250,11 @@ def _open_backend(client: socket.socket, startup: bytes, socket_path, password: 
                            f"unexpected server message {kind!r} during login")
 
 
-def _relay(client: socket.socket, backend: socket.socket) -> None:
-    """Copy bytes both ways until either side closes."""
+def _relay(client: socket.socket, backend: socket.socket, round_trip: Callable[[], None] = lambda: None) -> None:
+    """Copy bytes both ways until either side closes; ``round_trip()`` for every ReadyForQuery the server sends after
+    the one that ends the login (one per simple query or extended-protocol Sync: a round trip the client waits for)."""
     peers = {client: backend, backend: client}
+    replies = _ReadyForQueryCounter(round_trip)
     while True:
         # TLS may hold decrypted bytes that select() cannot see.
         pending = isinstance(client, ssl.SSLSocket) and client.pending()
@@ -258,6 +264,38 @@ def _relay(client: socket.socket, backend: socket.socket) -> None:
             if not data:
                 return
             peers[source].sendall(data)
+            if source is backend:
+                replies.feed(data)
+
+
+class _ReadyForQueryCounter:
+    """Follows the server's message framing (a type byte, then an int32 length that counts itself) across chunks and
+    calls ``found()`` for each ``Z`` (ReadyForQuery) but the first, which ends the login."""
+
+    def __init__(self, found: Callable[[], None]):
+        self._found = found
+        self._header = b""
+        self._skip = 0
+        self._seen = 0
+
+    def feed(self, data: bytes) -> None:
+        at = 0
+        while at < len(data):
+            if self._skip:
+                step = min(self._skip, len(data) - at)
+                self._skip -= step
+                at += step
+                continue
+            take = min(5 - len(self._header), len(data) - at)
+            self._header += data[at:at + take]
+            at += take
+            if len(self._header) == 5:
+                kind, length = self._header[:1], struct.unpack("!I", self._header[1:])[0]
+                self._header, self._skip = b"", max(length - 4, 0)
+                if kind == b"Z":
+                    self._seen += 1
+                    if self._seen > 1:
+                        self._found()
 
 
 def _close(client: socket.socket) -> None:

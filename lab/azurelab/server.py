@@ -142,7 +142,8 @@ class Lab:
             server_name = topology["postgres_servers"][0]["name"]
             self.front = pgfront.PgFront(paths, self.issuer, ports.postgres, server_name,
                                          lambda: self.arm.postgres_auth_config(server_name), backend,
-                                         lambda role: self.arm.grant_faults(server_name, role))
+                                         lambda role: self.arm.grant_faults(server_name, role),
+                                         lambda what: self.arm.count_database("postgres", what))
         azuresql = optional_module("azuresql")
         self.sql = azuresql.build(paths, topology, self.issuer, ports.sql_servers(topology), self.arm,
                                   self.directory, read_secrets(paths)) if azuresql else {}

@@ -81,7 +81,8 @@ class SqlLab:
     directory lookup of ``CREATE USER ... FROM EXTERNAL PROVIDER``: a dict with ``object_id``, ``client_id`` (apps
     and managed identities) and ``type`` (``User``, ``Group``, ``ServicePrincipal``, ``ManagedIdentity``), or None
     when not found. ``directory_readers()``: whether the server's identity may read Entra (Directory Readers),
-    needed when the caller is an app or managed identity.
+    needed when the caller is an app or managed identity. ``count(what)`` is called for every session that signs in
+    (``"sessions"``) and every request it sends (``"round_trips"``: a SQL batch, an RPC, a transaction request).
 
     Seeding, outside any session: :meth:`add_user`, :meth:`add_sql_user`, :meth:`add_role_member`,
     :meth:`drop_user`; reading: :meth:`users`, :meth:`role_members`.
@@ -92,8 +93,9 @@ class SqlLab:
                  entra_admin: Callable[[], str | None] = lambda: None, entra_only: Callable[[], bool] = lambda: False,
                  tenant_id: str | None = None, catalog: pathlib.Path | None = None,
                  resolve_principal: Callable[[str | None, str | None], dict | None] | None = None,
-                 directory_readers: Callable[[], bool] = lambda: True):
+                 directory_readers: Callable[[], bool] = lambda: True, count: Callable[[str], None] = lambda what: None):
         self.issuer = issuer
+        self.count = count
         self.audience = audience
         self.server_name = server_name
         self.admin_login = admin_login
@@ -330,9 +332,11 @@ class _Session(socketserver.BaseRequestHandler):
     def _serve(self, channel: tds.Channel, lab: SqlLab, who: Principal) -> None:
         session_id = lab.open_session(who, self._login7)
         session = sqlsession.TsqlSession(lab, who, session_id)
+        lab.count("sessions")
         try:
             while True:
                 kind, payload = channel.read_message()
+                lab.count("round_trips")
                 if kind == tds.SQL_BATCH:
                     reply = session.batch(tds.batch_text(payload))
                 elif kind == tds.RPC:

@@ -56,6 +56,23 @@ def test_a_grant_fault_takes_the_grant_away_at_login(pg_stack, managed_identity)
         assert conn.execute("SELECT count(*) FROM orders.orders").fetchone()[0] == 2
 
 
+def test_the_front_counts_sessions_and_round_trips(pg_stack, managed_identity):
+    """One session; three simple queries and one extended-protocol query with its Sync are four round trips (the
+    login's own ReadyForQuery is not one); a refused login is no session."""
+    counted = []
+    pg_stack.front.count = counted.append
+    try:
+        with pg_stack.connect(managed_identity["role"], pg_stack.token(managed_identity)) as conn:
+            for _ in range(3):
+                conn.execute("SELECT 1", prepare=False)
+            conn.execute("SELECT %s::int", (1,))
+        refused(pg_stack, managed_identity["role"], "not a token")
+    finally:
+        pg_stack.front.count = lambda what: None
+    assert counted.count("sessions") == 1
+    assert counted.count("round_trips") == 4, counted
+
+
 def test_token_of_another_principal_is_refused(pg_stack, managed_identity):
     other = dict(managed_identity, object_id=str(uuid.uuid4()))
     assert 'password authentication failed for user "mi-orders-api"' in refused(

@@ -839,3 +839,23 @@ def test_statements_are_logged_without_their_string_literals(sql, caplog):
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "ALTER USER" in logged and "'***'" in logged
     assert "N0t-In-The-Log" not in logged
+
+
+def test_the_server_counts_sessions_and_round_trips(sql):
+    """Every request a signed-in session sends is one round trip (here a SQL batch each); a refused login is no
+    session."""
+    counted = []
+    sql.lab.count = counted.append
+    try:
+        with sql.connect_as(APP_MI) as conn:
+            cursor = conn.cursor()
+            cursor.execute("SELECT 1").fetchall()
+            after_one = counted.count("round_trips")
+            for _ in range(3):
+                cursor.execute("SELECT 1").fetchall()
+            assert counted.count("round_trips") == after_one + 3, counted
+        with pytest.raises(pyodbc.Error):
+            sql.connect_sql(LEGACY, "not the password")
+    finally:
+        sql.lab.count = lambda what: None
+    assert counted.count("sessions") == 1
