@@ -8,16 +8,23 @@ exactly as an operator would. It records, per run:
 * the wall time (s) and the CPU time of ansible-playbook and every process under it (s);
 * ARM requests by HTTP method and the writes among them (the ARM double's counters, ``GET /lab/counters``);
 * access tokens issued, by audience (the lab's record of what it issued, ``<state>/issued.jsonl``);
-* the ``changed`` and ``failed`` counts of the play recap.
+* database sessions and round trips, PostgreSQL and Azure SQL (the lab's counters: a round trip is a request the
+  client waits for, see ``ArmState.count_database``), whoever the client is (modules, OpenBao, the demo apps);
+* ARM reads per object read: the GETs by resource path in the ARM double's request log (``<state>/logs/server.log``,
+  method, path and status only), their mean and maximum per path;
+* the ``changed`` and ``failed`` counts of the play recap;
+* where the time goes: task executions (a task on one host or one loop item) and wall time per task
+  (``benchmarks/callback_plugins/bench_profile.py``), so CPU time per execution and executions per application.
 
 Once per bench: a module process's start-up time and peak memory (``azure_mi`` in check mode for an identity that
-does not exist: its imports, its token and one ARM read), median of five runs.
+does not exist: its imports, its token and one ARM read), median of five runs; and what its imports cost, each in a
+fresh interpreter (``python -X importtime``).
 
 Results go to ``benchmarks/results.json`` and ``benchmarks/RESULTS.md``, with a plot (``benchmarks/fleet.png``,
 matplotlib) of wall time against N. Machines here are noisy: wall and CPU times are medians over ``--repeat`` runs
 (default 1); request counts do not drift.
 
-Not measured yet (issue 7): the baselines (the tutorial's ``az`` script, azure.azcollection) and database round trips.
+Not measured yet (issue 7): the baselines (the tutorial's ``az`` script, azure.azcollection).
 """
 from __future__ import annotations
 
@@ -40,13 +47,17 @@ sys.path[:0] = [str(REPO / "tests" / "integration"), str(REPO / "lab")]
 
 from labrunner import VENV_BIN, running_lab, run_module  # noqa: E402  (after the path set-up)
 
+ARM_REQUEST = re.compile(r" INFO ArmHandler (GET|HEAD|PUT|PATCH|DELETE|POST) (/\S*) \d{3}$", re.MULTILINE)
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
 
 def generate(apps: int, out: pathlib.Path) -> pathlib.Path:
     """A fleet of ``apps`` applications in ``out``; returns its topology file."""
-    subprocess.run([sys.executable, "-m", "azurelab", "fleet", "--apps", str(apps), "--out", str(out)], cwd=REPO,
-                   env=dict(os.environ, PYTHONPATH=str(REPO / "lab")), check=True, capture_output=True, timeout=300)
+    made = subprocess.run([sys.executable, "-m", "azurelab", "fleet", "--apps", str(apps), "--out", str(out)],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO / "lab")), capture_output=True, text=True,
+                          timeout=300, check=False)
+    if made.returncode:
+        raise SystemExit(f"benchmarks/fleet.py: {made.stderr.strip() or made.stdout.strip()}")
     return out / "topology.yml"
 
 
@@ -58,23 +69,45 @@ def tokens_by_audience(lab, after_line: int = 0) -> tuple[dict[str, int], int]:
     return dict(sorted(counts.items())), len(lines)
 
 
+def reads_per_object(lab, after_byte: int = 0) -> tuple[dict, int]:
+    """ARM GETs by resource path in the lab's request log after byte ``after_byte``: ``{"objects", "mean", "max",
+    "most_read"}``; and the log's size."""
+    log = lab.state / "logs" / "server.log"
+    with open(log, "rb") as text:
+        text.seek(after_byte)
+        tail = text.read().decode("utf-8", "replace")
+    reads = collections.Counter(path.lower() for method, path in ARM_REQUEST.findall(tail) if method == "GET")
+    if not reads:
+        return {"objects": 0, "mean": 0, "max": 0, "most_read": None}, after_byte + len(tail.encode())
+    path, most = reads.most_common(1)[0]
+    return ({"objects": len(reads), "mean": round(sum(reads.values()) / len(reads), 2), "max": most,
+             "most_read": path.split("/providers/", 1)[-1]}, after_byte + len(tail.encode()))
+
+
 def playbook_run(lab, inventory: str, log: pathlib.Path) -> dict:
-    """One migrate.yml run on the fleet: wall and CPU seconds, ARM counters, tokens, recap totals."""
+    """One migrate.yml run on the fleet: wall and CPU seconds, ARM and database counters, tokens, ARM reads per
+    object, recap totals."""
     lab.lab_api("POST", "counters/reset")
     _tokens, seen = tokens_by_audience(lab)
+    profile = log.with_suffix(".profile.json")
+    env = dict(lab.env, ANSIBLE_CALLBACK_PLUGINS=str(HERE / "callback_plugins"), ANSIBLE_CALLBACKS_ENABLED="bench_profile",
+               BENCH_PROFILE_OUT=str(profile))
+    log_at = (lab.state / "logs" / "server.log").stat().st_size
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     with open(log, "w", encoding="utf-8") as output:
         status = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", inventory, "playbooks/migrate.yml"],
-                                cwd=REPO, env=lab.env, stdout=output, stderr=subprocess.STDOUT, timeout=6 * 3600,
+                                cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, timeout=6 * 3600,
                                 check=False).returncode
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     recap = RECAP.findall(log.read_text())
     tokens, _seen = tokens_by_audience(lab, seen)
+    reads, _log_at = reads_per_object(lab, log_at)
     return {"status": status, "wall_s": round(wall, 1),
             "cpu_s": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
-            "arm": lab.arm_counters(), "tokens": tokens,
+            "arm": lab.arm_counters(), "tokens": tokens, "reads_per_object": reads,
+            "tasks": json.loads(profile.read_text()) if profile.exists() else {},
             "changed": sum(int(c) for _h, _o, c, _u, _f in recap), "failed": sum(int(f) for *_x, f in recap),
             "hosts": len(recap)}
 
@@ -94,6 +127,27 @@ def module_start(lab, work: pathlib.Path) -> dict:
     return {"wall_s": round(statistics.median(walls), 3), "peak_mb": round(statistics.median(peaks), 1)}
 
 
+# What a module process imports, cheapest first: Ansible's module API, then the SDKs our modules load lazily.
+IMPORTS = ("ansible.module_utils.basic", "azure.core.pipeline.policies", "azure.identity", "azure.mgmt.msi",
+           "psycopg", "pyodbc", "hvac", "kubernetes.client")
+
+
+def import_costs() -> dict[str, float]:
+    """Seconds each of :data:`IMPORTS` takes in a fresh interpreter (``-X importtime``'s cumulative time of the
+    top-level package, median of three)."""
+    costs = {}
+    for name in IMPORTS:
+        samples = []
+        for _attempt in range(3):
+            out = subprocess.run([str(VENV_BIN / "python"), "-X", "importtime", "-c", f"import {name}"],
+                                 capture_output=True, text=True, check=True, timeout=60).stderr
+            cumulative = [int(line.split("|")[1]) for line in out.splitlines()
+                          if line.startswith("import time:") and line.split("|")[2].strip() == name]
+            samples.append(cumulative[-1] / 1e6)
+        costs[name] = round(statistics.median(samples), 3)
+    return costs
+
+
 def bench(sizes: list[int], repeat: int, work: pathlib.Path) -> dict:
     results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "fleets": []}
     for apps in sizes:
@@ -107,7 +161,7 @@ def bench(sizes: list[int], repeat: int, work: pathlib.Path) -> dict:
                 first = playbook_run(lab, inventory, work / f"fleet-{apps}-{attempt}-first.log")
                 again = playbook_run(lab, inventory, work / f"fleet-{apps}-{attempt}-again.log")
                 if "module" not in results:
-                    results["module"] = module_start(lab, work)
+                    results["module"] = dict(module_start(lab, work), imports=import_costs())
             finally:
                 next(lab_run, None)
             runs.append({"first": first, "again": again})
@@ -119,21 +173,61 @@ def bench(sizes: list[int], repeat: int, work: pathlib.Path) -> dict:
     return results
 
 
+def database(run: dict, what: str) -> str:
+    """``postgres + sql`` sessions or round trips of a run, as ``PG / SQL``."""
+    return f"{run['arm'].get('postgres_' + what, 0)} / {run['arm'].get('sql_' + what, 0)}"
+
+
+def profile_section(results: dict, top: int = 12) -> list[str]:
+    """Task executions per application and CPU per execution for each fleet, and the costliest tasks of the largest
+    fleet's first run (bench_profile callback)."""
+    lines = ["", "## Where the time goes", "",
+             "An execution is one task on one host or one loop item; CPU is ansible-playbook's and every process "
+             "under it (modules, the lab's demo apps), so CPU per execution is what one costs on average.", "",
+             "| N | run | executions | per application | skipped | CPU per execution (s) |", "|---|---|---|---|---|---|"]
+    for fleet in results["fleets"]:
+        for label in ("first", "again"):
+            run = fleet["runs"][0][label]
+            executions = sum(task["executions"] for task in run["tasks"].values())
+            skipped = sum(task["skipped"] for task in run["tasks"].values())
+            if executions:
+                lines.append(f"| {fleet['applications']} | {label} | {executions} | "
+                             f"{executions / fleet['applications']:.1f} | {skipped} | {run['cpu_s'] / executions:.2f} |")
+    largest = results["fleets"][-1]
+    tasks = largest["runs"][0]["first"]["tasks"]
+    lines += ["", f"The {top} tasks that took longest in the first run of N = {largest['applications']}:", "",
+              "| task | executions | changed | wall (s) |", "|---|---|---|---|"]
+    for name, task in sorted(tasks.items(), key=lambda item: -item[1]["wall_s"])[:top]:
+        lines.append(f"| {name.replace('csa_inabox.managed_identity.', '')} | {task['executions']} | {task['changed']} "
+                     f"| {task['wall_s']} |")
+    return lines
+
+
 def write_report(results: dict) -> None:
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Fleet benchmark", "", "Written by `make bench` (benchmarks/fleet.py); medians where runs repeat.", "",
              f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}.", "",
-             "| N | first run (s) | CPU (s) | ARM GET | ARM writes | tokens | re-run (s) | re-run ARM GET | "
-             "re-run ARM writes | re-run changed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| N | first run (s) | CPU (s) | ARM GET | ARM writes | tokens | DB sessions | DB round trips "
+             "| re-run (s) | re-run ARM GET | re-run ARM writes | re-run GETs per object read (mean / max) "
+             "| re-run changed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fleet in results["fleets"]:
         first, again = fleet["runs"][0]["first"], fleet["runs"][0]["again"]
+        reads = again["reads_per_object"]
         lines.append(f"| {fleet['applications']} | {fleet['first_wall_s']} | {first['cpu_s']} | {first['arm']['GET']} "
-                     f"| {first['arm']['writes']} | {sum(first['tokens'].values())} | {fleet['again_wall_s']} "
-                     f"| {again['arm']['GET']} | {again['arm']['writes']} | {again['changed']} |")
+                     f"| {first['arm']['writes']} | {sum(first['tokens'].values())} | {database(first, 'sessions')} "
+                     f"| {database(first, 'round_trips')} | {fleet['again_wall_s']} | {again['arm']['GET']} "
+                     f"| {again['arm']['writes']} | {reads['mean']} / {reads['max']} ({reads['objects']} objects) "
+                     f"| {again['changed']} |")
+    lines += profile_section(results)
     if "module" in results:
-        lines += ["", f"Module process (azure_mi, check mode, one ARM read): {results['module']['wall_s']} s wall "
-                      f"(median of 5), {results['module']['peak_mb']} MB peak resident memory."]
+        module = results["module"]
+        lines += ["", "## A module process", "",
+                  f"`azure_mi` in check mode (its imports, one token, one ARM read): {module['wall_s']} s wall (median of "
+                  f"5), {module['peak_mb']} MB peak resident memory. What its imports cost, each alone in a fresh "
+                  "interpreter (`python -X importtime`, median of 3; they share azure-core, so they do not add up):", "",
+                  "| import | s |", "|---|---|"]
+        lines += [f"| `{name}` | {cost} |" for name, cost in module.get("imports", {}).items()]
     lines += ["", "![wall time against N](fleet.png)", ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     import matplotlib
