@@ -1,4 +1,4 @@
-"""The lab's demo application: ``python -m azurelab.demo_app <app-name> [--identity-check]``.
+"""The lab's demo application: ``python -m azurelab.demo_app <app-name> [--identity-check | --switch-to-identity ...]``.
 
 It stands for an application running on its workload (a VM, an App Service app, a Container App or a pod). It
 reads ``<state>/apps/<app>.json`` and connects the way the tutorial's code does, unmodified clients only.
@@ -56,6 +56,14 @@ server's name), ``db_ca_bundle`` and, in vault mode, ``vault_kv_mount``, ``vault
 ``db_type: cosmos``, ``db_account``, ``db_endpoint``, ``db_container``, ``query_category`` and, in vault mode,
 ``vault_kv_mount``, ``vault_kv_path``.
 
+``--switch-to-identity --client-id <id> --db-user <name> [--config <file>] [--check] [--no-run]`` (:func:`switch_to_identity`):
+what the switch phase does to a lab VM app in one process (a deploy pipeline's job on a real fleet): the AppRole
+secret id file is removed first (a switch killed half-way must not leave a secret behind a config that no longer names
+it), then the config is rewritten in identity mode (``role_id`` and ``secret_id_file`` dropped, ``mode``,
+``managed_identity_client_id`` and ``db_user`` set; written to a temporary file and renamed, mode 0600), then the app
+runs (not with ``--no-run``: an App Service app runs behind the lab front). Its line adds ``changed`` (whether anything
+was removed or rewritten); ``--check`` only says whether it would change, and runs nothing.
+
 Prints one JSON line, ``{"app", "mode", "ok": true, "connected_as": <current user>, "rows": [...]}`` (with
 ``--identity-check``: ``mode: identity-check`` and ``identity_client_id``, ``identity_object_id``), and exits 0;
 on failure ``{"app", "mode", "ok": false, "error": "<type>: <message>"}`` and exits 1. Neither holds a secret:
@@ -63,10 +71,13 @@ the error is the client library's message, which never echoes a password or toke
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import pathlib
 import struct
 import sys
+import tempfile
 
 from .config import paths
 
@@ -272,21 +283,58 @@ def identity_check(config: dict) -> dict:
             "rows": [list(row) for row in rows]}
 
 
+def switch_to_identity(config_file: pathlib.Path, client_id: str, db_user: str, check: bool = False) -> bool:
+    """Put the app at ``config_file`` in identity mode (see the module docstring); returns whether anything changed
+    (or would, with ``check``). ``OSError`` / ``ValueError`` when the config cannot be read or written."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    secret_id_file = config.get("secret_id_file")
+    wanted = {key: value for key, value in config.items() if key not in ("role_id", "secret_id_file")}
+    wanted.update(mode="identity", managed_identity_client_id=client_id, db_user=db_user)
+    stale_secret = bool(secret_id_file) and os.path.exists(secret_id_file)
+    changed = stale_secret or wanted != config
+    if check or not changed:
+        return changed
+    if stale_secret:
+        os.remove(secret_id_file)
+    handle, temporary = tempfile.mkstemp(dir=config_file.parent, prefix=f".{config_file.name}.")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:  # mkstemp's file is 0600
+        out.write(json.dumps(wanted, indent=4, sort_keys=True) + "\n")
+    os.replace(temporary, config_file)
+    return True
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) not in (1, 2) or (len(argv) == 2 and argv[1] != "--identity-check"):
-        print("usage: python -m azurelab.demo_app <app-name> [--identity-check]", file=sys.stderr)
-        return 2
-    app, check = argv[0], len(argv) == 2
+    parser = argparse.ArgumentParser(prog="python -m azurelab.demo_app", description="The lab's demo application.")
+    parser.add_argument("app")
+    parser.add_argument("--identity-check", action="store_true")
+    parser.add_argument("--switch-to-identity", action="store_true")
+    parser.add_argument("--client-id")
+    parser.add_argument("--db-user")
+    parser.add_argument("--config", type=pathlib.Path, help="default: <state>/apps/<app>.json")
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--no-run", action="store_true", help="switch only (an App Service app runs behind the lab front)")
+    args = parser.parse_args(argv)
+    if args.switch_to_identity and not (args.client_id and args.db_user) or args.identity_check and args.switch_to_identity:
+        parser.error("--switch-to-identity needs --client-id and --db-user, and goes without --identity-check")
+    app, config_file = args.app, args.config or paths().apps / f"{args.app}.json"
     config: dict = {"app": app, "mode": None}
+    switched = None
     try:
-        with open(paths().apps / f"{app}.json", encoding="utf-8") as handle:
-            config = json.load(handle)
-        result = identity_check(config) if check else run(config)
+        if args.switch_to_identity:
+            switched = switch_to_identity(config_file, args.client_id, args.db_user, args.check)
+            if args.check or args.no_run:
+                print(json.dumps({"app": app, "mode": "identity", "changed": switched, "ran": False}))
+                return 0
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        result = identity_check(config) if args.identity_check else run(config)
     except Exception as exc:  # the app's one failure report: whatever broke, say so as JSON and exit 1
         message = f"{type(exc).__name__}: {exc}".strip()[:MAX_ERROR_CHARS]
-        mode = "identity-check" if check else config.get("mode")
-        print(json.dumps({"app": app, "mode": mode, "ok": False, "error": message}))
+        mode = "identity-check" if args.identity_check else config.get("mode")
+        failed = {"app": app, "mode": mode, "ok": False, "error": message}
+        print(json.dumps(failed if switched is None else dict(failed, changed=switched)))
         return 1
+    if switched is not None:
+        result["changed"] = switched
     print(json.dumps(result, default=str))  # numeric and date columns print as text
     return 0
 
