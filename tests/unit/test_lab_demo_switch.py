@@ -25,8 +25,8 @@ def test_the_switch_removes_the_secret_id_and_rewrites_the_config_once(tmp_path)
     written = json.loads(config.read_text())
     assert not secret.exists()
     assert "role_id" not in written and "secret_id_file" not in written
-    assert (written["mode"], written["managed_identity_client_id"], written["db_user"]) == ("identity", "client-1",
-                                                                                          "mi-orders")
+    assert written["mode"] == "identity"
+    assert (written["managed_identity_client_id"], written["db_user"]) == ("client-1", "mi-orders")
     assert written["vault_role"] == "orders-api"  # the rest is kept: rollback.yml reads it
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert demo_app.switch_to_identity(config, "client-1", "mi-orders") is False
