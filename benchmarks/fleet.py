@@ -24,7 +24,12 @@ Results go to ``benchmarks/results.json`` and ``benchmarks/RESULTS.md``, with a 
 matplotlib) of wall time against N. Machines here are noisy: wall and CPU times are medians over ``--repeat`` runs
 (default 1); request counts do not drift.
 
-Not measured yet (issue 7): the baselines (the tutorial's ``az`` script, azure.azcollection).
+Baselines, for the fleet sizes in ``--baseline-sizes`` (default 10 and 50), each on a fresh lab of the same fleet:
+the tutorial's per-application procedure as an ``az``/psql/pyodbc script (``benchmarks/baseline_az.py``) and the same
+steps with azure.azcollection's modules (``benchmarks/baseline_azcollection.py``). Each baseline's ``run(lab,
+topology, work)`` returns the same measures (``status``, ``wall_s``, ``cpu_s``, ``arm``, ``tokens``) and checks that
+the end state it was meant to reach was reached. The report gives our first run's time and ARM requests as ratios to
+each, and whether issue 7's targets are met.
 """
 from __future__ import annotations
 
@@ -148,7 +153,28 @@ def import_costs() -> dict[str, float]:
     return costs
 
 
-def bench(sizes: list[int], repeat: int, work: pathlib.Path) -> dict:
+# label in the report: module in benchmarks/ with run(lab, topology, work) -> dict
+BASELINES = {"tutorial (az, psql, pyodbc)": "baseline_az", "azure.azcollection": "baseline_azcollection"}
+
+
+def baseline_runs(topology: pathlib.Path, apps: int, work: pathlib.Path) -> dict:
+    """Each of :data:`BASELINES` on a fresh lab of the fleet at ``topology``."""
+    import importlib  # pylint: disable=import-outside-toplevel
+
+    sys.path.insert(0, str(HERE))
+    results = {}
+    for label, module in BASELINES.items():
+        lab_run = running_lab(topology)
+        lab = next(lab_run)
+        try:
+            results[label] = importlib.import_module(module).run(lab, topology, work / f"{module}-{apps}")
+        finally:
+            next(lab_run, None)
+        print(f"N={apps}: {label} {results[label]['wall_s']} s (status {results[label]['status']})", flush=True)
+    return results
+
+
+def bench(sizes: list[int], repeat: int, work: pathlib.Path, baseline_sizes: tuple[int, ...] = ()) -> dict:
     results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "fleets": []}
     for apps in sizes:
         topology = generate(apps, work / f"fleet-{apps}")
@@ -170,12 +196,72 @@ def bench(sizes: list[int], repeat: int, work: pathlib.Path) -> dict:
         results["fleets"].append({"applications": apps, "runs": runs,
                                   "first_wall_s": statistics.median(r["first"]["wall_s"] for r in runs),
                                   "again_wall_s": statistics.median(r["again"]["wall_s"] for r in runs)})
+        if apps in baseline_sizes:
+            results["fleets"][-1]["baselines"] = baseline_runs(topology, apps, work)
     return results
 
 
 def database(run: dict, what: str) -> str:
     """``postgres + sql`` sessions or round trips of a run, as ``PG / SQL``."""
     return f"{run['arm'].get('postgres_' + what, 0)} / {run['arm'].get('sql_' + what, 0)}"
+
+
+def arm_requests(run: dict) -> int:
+    return sum(run["arm"].get(method, 0) for method in ("GET", "HEAD", "PUT", "PATCH", "DELETE", "POST"))
+
+
+def baseline_section(results: dict) -> list[str]:
+    """Each baseline beside our first run on the same fleet, and the ratios (theirs / ours: above 1, we are faster or
+    send fewer requests)."""
+    rows = []
+    for fleet in results["fleets"]:
+        ours = fleet["runs"][0]["first"]
+        if fleet.get("baselines"):
+            rows.append(f"| {fleet['applications']} | migrate.yml (this collection) | {fleet['first_wall_s']} "
+                        f"| {ours['cpu_s']} | {ours['arm']['GET']} / {ours['arm']['writes']} "
+                        f"| {sum(ours['tokens'].values())} | 1 | 1 |")
+        for label, theirs in fleet.get("baselines", {}).items():
+            tokens = theirs["tokens"] if isinstance(theirs["tokens"], int) else sum(theirs["tokens"].values())
+            rows.append(f"| {fleet['applications']} | {label} | {theirs['wall_s']} | {theirs['cpu_s']} "
+                        f"| {theirs['arm']['GET']} / {theirs['arm']['writes']} | {tokens} "
+                        f"| {theirs['wall_s'] / fleet['first_wall_s']:.2f} "
+                        f"| {arm_requests(theirs) / max(arm_requests(ours), 1):.2f} |")
+    if not rows:
+        return []
+    return ["", "## Against the baselines", "",
+            "Each on a fresh lab of the same fleet. The baselines do the tutorial's steps only (identities, their "
+            "attachment, server Entra settings, database principals and grants, Cosmos DB role assignments, federated "
+            "credentials); migrate.yml also checks before it writes, verifies every login as its identity, watches "
+            "for Vault sessions, switches the applications, retires the Vault roles and secrets and turns passwords "
+            "and keys off. Ratios are theirs / ours: above 1, migrate.yml is faster or sends fewer ARM requests.", "",
+            "| N | tool | wall (s) | CPU (s) | ARM GET / writes | tokens | wall ratio | ARM requests ratio |",
+            "|---|---|---|---|---|---|---|---|"] + rows
+
+
+def targets_section(results: dict) -> list[str]:
+    """Issue 7's targets, each with the measured value and whether it is met."""
+    def row(target: str, measured: str, met: bool) -> str:
+        return f"| {target} | {measured} | {'met' if met else '**not met**'} |"
+
+    lines = ["", "## Targets (issue 7)", "", "| target | measured | |", "|---|---|---|"]
+    for fleet in results["fleets"]:
+        again = fleet["runs"][0]["again"]
+        reads = again["reads_per_object"]
+        lines.append(row(f"re-run of {fleet['applications']} applications: 0 ARM writes", str(again["arm"]["writes"]),
+                         again["arm"]["writes"] == 0))
+        lines.append(row(f"re-run of {fleet['applications']} applications: at most one read per object",
+                         f"mean {reads['mean']}, max {reads['max']} ({reads['most_read']})", reads["max"] <= 1))
+    if "module" in results:
+        module = results["module"]
+        lines.append(row("a module process starts in at most 0.4 s", f"{module['wall_s']} s", module["wall_s"] <= 0.4))
+        lines.append(row("a module process stays at or below 80 MB", f"{module['peak_mb']} MB", module["peak_mb"] <= 80))
+    for fleet in results["fleets"]:
+        for label, theirs in fleet.get("baselines", {}).items():
+            wanted = 5 if label.startswith("tutorial") else 2
+            ratio = theirs["wall_s"] / fleet["first_wall_s"]
+            lines.append(row(f"first run of {fleet['applications']}: at least {wanted}x faster than {label}",
+                             f"{ratio:.2f}x", ratio >= wanted))
+    return lines
 
 
 def profile_section(results: dict, top: int = 12) -> list[str]:
@@ -219,6 +305,8 @@ def write_report(results: dict) -> None:
                      f"| {database(first, 'round_trips')} | {fleet['again_wall_s']} | {again['arm']['GET']} "
                      f"| {again['arm']['writes']} | {reads['mean']} / {reads['max']} ({reads['objects']} objects) "
                      f"| {again['changed']} |")
+    lines += baseline_section(results)
+    lines += targets_section(results)
     lines += profile_section(results)
     if "module" in results:
         module = results["module"]
@@ -239,6 +327,11 @@ def write_report(results: dict) -> None:
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
     axes.plot(sizes, [f["first_wall_s"] for f in results["fleets"]], "o-", label="migrate.yml, first run")
     axes.plot(sizes, [f["again_wall_s"] for f in results["fleets"]], "s--", label="migrate.yml, re-run")
+    for label in BASELINES:
+        measured = [(f["applications"], f["baselines"][label]["wall_s"]) for f in results["fleets"]
+                    if label in f.get("baselines", {})]
+        if measured:
+            axes.plot(*zip(*measured), "^:", label=label)
     axes.set_xlabel("applications (N)")
     axes.set_ylabel("wall time (s)")
     axes.set_title("Fleet migration on the lab")
@@ -252,9 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100, 500])
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--baseline-sizes", type=int, nargs="*", default=[10, 50],
+                        help="fleet sizes that also run the baselines (none: --baseline-sizes with no value)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mi-bench-") as work:
-        results = bench(args.sizes, args.repeat, pathlib.Path(work))
+        results = bench(args.sizes, args.repeat, pathlib.Path(work), tuple(args.baseline_sizes))
     write_report(results)
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0
