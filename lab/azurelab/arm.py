@@ -1664,6 +1664,17 @@ class ArmState:
         return copy.deepcopy(resource)
 
 
+def cloud_metadata(app: "ArmApp", base_url: str) -> dict:
+    """``GET /metadata/endpoints`` (no authentication, as on ARM): the cloud's endpoints in the 2022-09-01 shape, what
+    azure-cli's ``get_cloud_from_metadata_endpoint`` reads when a tool is given the ARM URL as its cloud (azure.azcollection's
+    ``cloud_environment``, ``az cloud register --endpoint-resource-manager``). Only what those read: the ARM URL, the Entra
+    double's login endpoint and the audiences ARM accepts; ``suffixes`` empty (the lab's databases are reached by the
+    ports the inventory names)."""
+    return {"name": "Lab", "resourceManager": f"{base_url}/", "portal": "", "suffixes": {},
+            "authentication": {"loginEndpoint": f"{app.authority.rsplit('/', 1)[0]}/", "identityProvider": "AAD",
+                               "tenant": "common", "audiences": list(app.audiences)}}
+
+
 class ArmHandler(JsonHandler):
     """Routes ARM requests to :class:`ArmState`; ``self.server.app`` is an :class:`ArmApp`."""
 
@@ -1681,6 +1692,8 @@ class ArmHandler(JsonHandler):
         if self.route.startswith("/oidc/"):
             return self.send_json(*self.issuer_document(state))
         state.count(self.command, self.route)
+        if self.route.rstrip("/") == "/metadata/endpoints" and self.command == "GET":
+            return self.send_json(200, cloud_metadata(app, f"https://{self.headers.get('Host')}"))
         headers = {"x-ms-request-id": str(uuid.uuid4()),
                    "x-ms-correlation-request-id": self.headers.get("x-ms-client-request-id") or str(uuid.uuid4())}
         name, value = state.remaining(self.command)
@@ -1711,7 +1724,7 @@ class ArmHandler(JsonHandler):
         if scheme.lower() != "bearer" or not token:
             raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
         try:
-            claims = app.issuer.verify(token.strip(), app.audience)
+            claims = app.issuer.verify(token.strip(), app.audiences)
         except TokenError as err:
             challenge = (f'Bearer authorization_uri="{app.authority}", error="invalid_token", '
                          f'error_description="{err.reason}"')
@@ -2022,5 +2035,5 @@ class ArmHandler(JsonHandler):
 class ArmApp:
     """What the ARM handler serves: the state, and how to check bearer tokens."""
 
-    def __init__(self, state: ArmState, issuer: Issuer, audience: str, authority: str):
-        self.state, self.issuer, self.audience, self.authority = state, issuer, audience, authority
+    def __init__(self, state: ArmState, issuer: Issuer, audiences: list[str], authority: str):
+        self.state, self.issuer, self.audiences, self.authority = state, issuer, audiences, authority
