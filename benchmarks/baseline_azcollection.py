@@ -52,6 +52,7 @@ def ensure_venv() -> None:
     """Create the venv, or reuse it when it already has what the pins and the collection's requirements ask for."""
     stamp = VENV / ".installed"
     if stamp.exists() and stamp.read_text() == PINS.read_text():
+        install_cloud_shim()
         return
     if not VENV_PYTHON.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
@@ -59,7 +60,16 @@ def ensure_venv() -> None:
     subprocess.run([*pip, "-r", str(PINS)], check=True)
     requirements = bundled_collections() / "ansible_collections" / "azure" / "azcollection" / "requirements.txt"
     subprocess.run([*pip, "-r", str(requirements)], check=True)
+    install_cloud_shim()
     stamp.write_text(PINS.read_text())
+
+
+def install_cloud_shim() -> None:
+    """azc_cloud_shim.py (see its docstring: a function azcollection calls that its pinned azure-cli-core lacks) into
+    the venv's site-packages, loaded by a .pth line."""
+    site = bundled_collections()
+    (site / "azc_cloud_shim.py").write_text((HERE / "azc_cloud_shim.py").read_text())
+    (site / "azc_cloud_shim.pth").write_text("import azc_cloud_shim; azc_cloud_shim.install()\n")
 
 
 def forks() -> str:
@@ -80,7 +90,7 @@ def environment(lab) -> dict:
     """The lab's control-node environment, with this venv's Ansible and nothing of the project's collection."""
     env = {k: v for k, v in lab.env.items() if not k.startswith("ANSIBLE_")}
     env.update(PATH=f"{VENV / 'bin'}:{os.environ['PATH']}", ANSIBLE_COLLECTIONS_PATH=str(bundled_collections()),
-               ANSIBLE_CONFIG=os.devnull, ANSIBLE_FORKS=forks(), ANSIBLE_HOST_KEY_CHECKING="false",
+               ANSIBLE_CONFIG=str(HERE / "azcollection.cfg"), ANSIBLE_FORKS=forks(), ANSIBLE_HOST_KEY_CHECKING="false",
                ANSIBLE_RETRY_FILES_ENABLED="false", ANSIBLE_PYTHON_INTERPRETER=str(VENV_PYTHON))
     return env
 

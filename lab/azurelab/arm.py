@@ -1252,6 +1252,24 @@ class ArmState:
             self._save()
             return self._operation(base_url, api_version, provider="Microsoft.Sql")
 
+    def sql_server_put(self, rg: str, server_name: str, body: dict, base_url: str, api_version: str) -> dict[str, str]:
+        """PUT of an existing server, as azure.azcollection's ``azure_rm_sqlserver`` sends it (the whole server): only
+        ``properties.administrators`` (the Entra admin and the Entra-only flag, checked as their own PUTs are) and
+        ``tags`` are applied, the rest is ignored (no server is created). Returns the 202's headers."""
+        admins = (body.get("properties") or {}).get("administrators")
+        if admins:
+            self.sql_admin_put(rg, server_name, {"properties": admins}, base_url, api_version)
+            if "azureADOnlyAuthentication" in admins:
+                self.sql_aad_only_put(rg, server_name, {"properties": {
+                    "azureADOnlyAuthentication": bool(admins["azureADOnlyAuthentication"])}}, base_url, api_version)
+        with self._lock:
+            server = copy.deepcopy(self._require(rg, SQL, server_name))
+            if isinstance(body.get("tags"), dict):
+                server["tags"] = body["tags"]
+                self._store(server)
+                self._save()
+            return self._operation(base_url, api_version, provider="Microsoft.Sql")
+
     def sql_aad_only_get(self, rg: str, server_name: str) -> dict:
         with self._lock:
             server = self._require(rg, SQL, server_name)
@@ -1884,6 +1902,8 @@ class ArmHandler(JsonHandler):
             return 200, state.aks_patch_tags(rg, name, body), {}
         if type_ == PG and method == "PATCH":
             return 202, None, state.pg_patch(rg, name, body, base_url, api)
+        if type_ == SQL and method == "PUT":
+            return 202, None, state.sql_server_put(rg, name, body, base_url, api)
         if type_ == COSMOS and method == "PATCH":
             answer, headers = state.cosmos_patch(rg, name, body, base_url, api)
             return 200, answer, headers
