@@ -3,6 +3,11 @@
 Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served:
 
 * ``/subscriptions[/{s}]`` GET; ``/subscriptions/{s}/resourcegroups[/{rg}]`` list, PUT, GET, HEAD, DELETE.
+* ``/metadata/endpoints`` GET without a token (:func:`cloud_metadata`: a custom cloud given as the ARM URL, as
+  azure.azcollection's ``cloud_environment`` and azure-cli read it). Tokens for the double's own URL
+  (``https://127.0.0.1:<port>/``, what azure.azcollection's clients ask for) are accepted like ``resource_manager`` ones.
+* ``Microsoft.Sql/servers/{s}`` PUT of an existing server (``azure_rm_sqlserver``): only ``administrators`` and
+  ``tags`` are applied (202 + ``Azure-AsyncOperation``); no server is created.
 * ``Microsoft.ManagedIdentity/userAssignedIdentities``: PUT (201 new, 200 existing; not long-running), GET,
   DELETE (200, or 204 when absent), list by resource group. Creating one registers its service principal in the
   directory; deleting removes it there but, as in Azure, leaves the reference on any VM it was attached to
