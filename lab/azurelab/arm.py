@@ -3,6 +3,11 @@
 Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served:
 
 * ``/subscriptions[/{s}]`` GET; ``/subscriptions/{s}/resourcegroups[/{rg}]`` list, PUT, GET, HEAD, DELETE.
+* ``/metadata/endpoints`` GET without a token (:func:`cloud_metadata`: a custom cloud given as the ARM URL, as
+  azure.azcollection's ``cloud_environment`` and azure-cli read it). Tokens for the double's own URL
+  (``https://127.0.0.1:<port>/``, what azure.azcollection's clients ask for) are accepted like ``resource_manager`` ones.
+* ``Microsoft.Sql/servers/{s}`` PUT of an existing server (``azure_rm_sqlserver``): only ``administrators`` and
+  ``tags`` are applied (202 + ``Azure-AsyncOperation``); no server is created.
 * ``Microsoft.ManagedIdentity/userAssignedIdentities``: PUT (201 new, 200 existing; not long-running), GET,
   DELETE (200, or 204 when absent), list by resource group. Creating one registers its service principal in the
   directory; deleting removes it there but, as in Azure, leaves the reference on any VM it was attached to
@@ -1268,6 +1273,24 @@ class ArmState:
             self._save()
             return self._operation(base_url, api_version, provider="Microsoft.Sql")
 
+    def sql_server_put(self, rg: str, server_name: str, body: dict, base_url: str, api_version: str) -> dict[str, str]:
+        """PUT of an existing server, as azure.azcollection's ``azure_rm_sqlserver`` sends it (the whole server): only
+        ``properties.administrators`` (the Entra admin and the Entra-only flag, checked as their own PUTs are) and
+        ``tags`` are applied, the rest is ignored (no server is created). Returns the 202's headers."""
+        admins = (body.get("properties") or {}).get("administrators")
+        if admins:
+            self.sql_admin_put(rg, server_name, {"properties": admins}, base_url, api_version)
+            if "azureADOnlyAuthentication" in admins:
+                self.sql_aad_only_put(rg, server_name, {"properties": {
+                    "azureADOnlyAuthentication": bool(admins["azureADOnlyAuthentication"])}}, base_url, api_version)
+        with self._lock:
+            server = copy.deepcopy(self._require(rg, SQL, server_name))
+            if isinstance(body.get("tags"), dict):
+                server["tags"] = body["tags"]
+                self._store(server)
+                self._save()
+            return self._operation(base_url, api_version, provider="Microsoft.Sql")
+
     def sql_aad_only_get(self, rg: str, server_name: str) -> dict:
         with self._lock:
             server = self._require(rg, SQL, server_name)
@@ -1680,6 +1703,17 @@ class ArmState:
         return copy.deepcopy(resource)
 
 
+def cloud_metadata(app: "ArmApp", base_url: str) -> dict:
+    """``GET /metadata/endpoints`` (no authentication, as on ARM): the cloud's endpoints in the 2022-09-01 shape, what
+    azure-cli's ``get_cloud_from_metadata_endpoint`` reads when a tool is given the ARM URL as its cloud (azure.azcollection's
+    ``cloud_environment``, ``az cloud register --endpoint-resource-manager``). Only what those read: the ARM URL, the Entra
+    double's login endpoint and the audiences ARM accepts; ``suffixes`` empty (the lab's databases are reached by the
+    ports the inventory names)."""
+    return {"name": "Lab", "resourceManager": f"{base_url}/", "portal": "", "suffixes": {},
+            "authentication": {"loginEndpoint": f"{app.authority.rsplit('/', 1)[0]}/", "identityProvider": "AAD",
+                               "tenant": "common", "audiences": list(app.audiences)}}
+
+
 class ArmHandler(JsonHandler):
     """Routes ARM requests to :class:`ArmState`; ``self.server.app`` is an :class:`ArmApp`."""
 
@@ -1697,6 +1731,8 @@ class ArmHandler(JsonHandler):
         if self.route.startswith("/oidc/"):
             return self.send_json(*self.issuer_document(state))
         state.count(self.command, self.route)
+        if self.route.rstrip("/") == "/metadata/endpoints" and self.command == "GET":
+            return self.send_json(200, cloud_metadata(app, f"https://{self.headers.get('Host')}"))
         headers = {"x-ms-request-id": str(uuid.uuid4()),
                    "x-ms-correlation-request-id": self.headers.get("x-ms-client-request-id") or str(uuid.uuid4())}
         name, value = state.remaining(self.command)
@@ -1727,7 +1763,7 @@ class ArmHandler(JsonHandler):
         if scheme.lower() != "bearer" or not token:
             raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
         try:
-            claims = app.issuer.verify(token.strip(), app.audience)
+            claims = app.issuer.verify(token.strip(), app.audiences)
         except TokenError as err:
             challenge = (f'Bearer authorization_uri="{app.authority}", error="invalid_token", '
                          f'error_description="{err.reason}"')
@@ -1887,6 +1923,8 @@ class ArmHandler(JsonHandler):
             return 200, state.aks_patch_tags(rg, name, body), {}
         if type_ == PG and method == "PATCH":
             return 202, None, state.pg_patch(rg, name, body, base_url, api)
+        if type_ == SQL and method == "PUT":
+            return 202, None, state.sql_server_put(rg, name, body, base_url, api)
         if type_ == COSMOS and method == "PATCH":
             answer, headers = state.cosmos_patch(rg, name, body, base_url, api)
             return 200, answer, headers
@@ -2038,5 +2076,5 @@ class ArmHandler(JsonHandler):
 class ArmApp:
     """What the ARM handler serves: the state, and how to check bearer tokens."""
 
-    def __init__(self, state: ArmState, issuer: Issuer, audience: str, authority: str):
-        self.state, self.issuer, self.audience, self.authority = state, issuer, audience, authority
+    def __init__(self, state: ArmState, issuer: Issuer, audiences: list[str], authority: str):
+        self.state, self.issuer, self.audiences, self.authority = state, issuer, audiences, authority

@@ -119,7 +119,9 @@ class Lab:
         self.hooks = hooks
         self.arm = ArmState(paths, topology, self.directory, hooks, cosmos_port=ports.cosmos, arm_port=ports.arm,
                             kube_port=ports.kube)
-        audiences = list(topology["audiences"].values())
+        # ARM answers to its own URL too: azure.azcollection asks for `{resource_manager}/.default` (see arm.py).
+        arm_audiences = [topology["audiences"]["resource_manager"], f"https://{config.HOST}:{ports.arm}/"]
+        audiences = list(topology["audiences"].values()) + arm_audiences[1:]
         automation = read_secrets(paths).get(AUTOMATION_SP, {})
         secrets = {automation["client_id"]: automation["client_secret"]} if automation else {}
         tls = ca.server_context(paths)
@@ -129,7 +131,7 @@ class Lab:
                                          federated_credentials=self.arm.federated_credentials,
                                          issuer_tls=ssl.create_default_context(cafile=str(paths.ca_bundle))), tls),
             "arm": LabHTTPServer(ports.arm, ArmHandler,
-                                 ArmApp(self.arm, self.issuer, topology["audiences"]["resource_manager"],
+                                 ArmApp(self.arm, self.issuer, arm_audiences,
                                         f"{host}/{topology['tenant_id']}"), tls),
             "identity": LabHTTPServer(ports.identity, IdentityHandler,
                                       IdentityEndpoint(self.issuer, self.directory, audiences,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -358,3 +359,20 @@ def test_labctl_up_status_down(tmp_path):
     finally:
         labctl("down")
     assert labctl("status").returncode != 0
+
+
+def test_cloud_metadata_and_own_url_audience(control_plane, monkeypatch):
+    """azure.azcollection's custom cloud: ``GET {arm}/metadata/endpoints`` needs no token and names the ARM URL, and a
+    token for ``{arm}/.default`` (what its clients ask for) is accepted like one for management.azure.com."""
+    context = ssl.create_default_context(cafile=str(control_plane.paths.ca_bundle))
+    url = f"{control_plane.arm_url}/metadata/endpoints?api-version=2022-09-01"
+    with urllib.request.urlopen(url, context=context, timeout=5) as answer:
+        metadata = json.loads(answer.read())
+    assert metadata["resourceManager"] == f"{control_plane.arm_url}/"
+    assert metadata["authentication"]["loginEndpoint"] == f"{control_plane.authority}/"
+    assert f"{control_plane.arm_url}/" in metadata["authentication"]["audiences"]
+    monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", control_plane.imds_host("vm-control"))
+    credential = ManagedIdentityCredential()
+    client = ComputeManagementClient(credential, control_plane.subscription, base_url=control_plane.arm_url,
+                                     credential_scopes=[f"{control_plane.arm_url}/.default"])
+    assert client.virtual_machines.get("rg-lab-ops", "vm-control").name == "vm-control"
