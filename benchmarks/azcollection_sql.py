@@ -18,10 +18,9 @@ SQL_COPT_SS_ACCESS_TOKEN = 1256
 
 def main(host, port, database, user, client_id, roles):
     token = os.environ["AZC_SQL_ACCESS_TOKEN"].encode("utf-16-le")
+    packed = struct.pack(f"<I{len(token)}s", len(token), token)
     conn = pyodbc.connect(f"DRIVER={{ODBC Driver 18 for SQL Server}};SERVER={host},{port};DATABASE={database};"
-                          "Encrypt=yes;", attrs_before={SQL_COPT_SS_ACCESS_TOKEN: struct.pack(f"<I{len(token)}s",
-                                                                                             len(token), token)},
-                          autocommit=True, timeout=30)
+                          "Encrypt=yes;", attrs_before={SQL_COPT_SS_ACCESS_TOKEN: packed}, autocommit=True, timeout=30)
     cursor = conn.cursor()
     quoted = "[" + user.replace("]", "]]") + "]"
     changed = False
