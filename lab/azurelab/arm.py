@@ -3,6 +3,8 @@
 Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served:
 
 * ``/subscriptions[/{s}]`` GET; ``/subscriptions/{s}/resourcegroups[/{rg}]`` list, PUT, GET, HEAD, DELETE.
+* ``/metadata/endpoints`` GET, without a token: the cloud's endpoints as azure-cli's ``az cloud register`` reads them
+  (ARM, the Entra authority, the ARM and PostgreSQL audiences; no other service of the real document).
 * ``Microsoft.ManagedIdentity/userAssignedIdentities``: PUT (201 new, 200 existing; not long-running), GET,
   DELETE (200, or 204 when absent), list by resource group. Creating one registers its service principal in the
   directory; deleting removes it there but, as in Azure, leaves the reference on any VM it was attached to
@@ -19,6 +21,8 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   (``None`` drops all, ``SystemAssigned`` drops the user-assigned ones).
 * ``Microsoft.DBforPostgreSQL/flexibleServers``: GET, list, PATCH (202 + ``Azure-AsyncOperation`` + ``Location`` +
   ``retry-after-ms``, then the SDK's final GET) of ``properties.authConfig`` and ``tags``.
+* ``flexibleServers/{s}/capabilities``: GET, the server's own SKU, storage and version only (azure-cli's
+  ``postgres flexible-server update`` checks its arguments against it; :meth:`ArmState.pg_capabilities`).
 * ``flexibleServers/{s}/administrators/{objectId}``: PUT (202), GET (``name`` is the ``principalName``),
   list, DELETE (202, or 204 when absent). The real PostgreSQL follows through :class:`PostgresHooks`.
 * Read replicas (topology ``postgres_servers[].replicas``): servers with ``replicationRole: AsyncReplica`` and
@@ -268,6 +272,11 @@ def _merge_patch(target, patch):
     return merged
 
 
+def _unset(value) -> bool:
+    """A null, or an object whose values are all unset: what a client sends for a property it does not change."""
+    return value is None or (isinstance(value, dict) and all(_unset(v) for v in value.values()))
+
+
 def _not_found(type_: str, name: str, rg: str) -> ArmError:
     return ArmError(404, "ResourceNotFound",
                     f"The Resource '{type_}/{name}' under resource group '{rg}' was not found. "
@@ -407,6 +416,7 @@ class ArmState:
                 "administratorLogin": server["administrator_login"], "version": str(server["version"]),
                 "state": "Ready", "fullyQualifiedDomainName": "localhost",
                 "storage": {"storageSizeGB": 32}, "network": {"publicNetworkAccess": "Enabled"},
+                "backup": {"backupRetentionDays": 7, "geoRedundantBackup": "Disabled"},
                 "highAvailability": {"mode": "Disabled"},
                 "replicationRole": role, "replicaCapacity": 0 if source_id else 5,
                 "authConfig": {"activeDirectoryAuth": "Disabled", "passwordAuth": "Enabled",
@@ -1118,6 +1128,27 @@ class ArmState:
                            f"those of its primary '{source.rsplit('/', 1)[-1]}' (roles are replicated from it). "
                            "Add or remove them on the primary.")
 
+    def pg_capabilities(self, rg: str, server_name: str) -> list[dict]:
+        """``GET flexibleServers/{s}/capabilities``: what the server can be changed to, which azure-cli's
+        ``postgres flexible-server update`` validates its arguments against before any PATCH. The lab's one answer:
+        the server's own SKU, tier, storage size and version, no zone redundancy, no geo-backup."""
+        with self._lock:
+            server = self._require(rg, PG, server_name)
+            sku, storage_mb = server["sku"], server["properties"]["storage"]["storageSizeGB"] * 1024
+            return [{"name": "FlexibleServerCapabilities", "supportedServerEditions": [{
+                "name": sku["tier"], "defaultSkuName": sku["name"],
+                "supportedStorageEditions": [{"name": "ManagedDisk", "defaultStorageSizeMb": storage_mb,
+                                              "supportedStorageMb": [{"storageSizeMb": storage_mb,
+                                                                      "defaultIopsTier": "P4",
+                                                                      "supportedIopsTiers": [{"name": "P4"}]}]}],
+                "supportedServerSkus": [{"name": sku["name"], "vCores": 2, "supportedZones": [],
+                                         "supportedHaMode": []}]}],
+                "supportedServerVersions": [{"name": server["properties"]["version"],
+                                             "supportedVersionsToUpgrade": []}],
+                "supportedFeatures": [{"name": "OfferRestricted", "status": "Disabled"},
+                                      {"name": "ZoneRedundantHa", "status": "Disabled"},
+                                      {"name": "GeoBackup", "status": "Disabled"}]}]
+
     def pg_admin_list(self, rg: str, server_name: str) -> list[dict]:
         with self._lock:
             return copy.deepcopy(self._admins(self._require_parent(rg, server_name)))
@@ -1297,7 +1328,10 @@ class ArmState:
                      api_version: str) -> tuple[dict, dict[str, str]]:
         """Apply ``properties.disableLocalAuth`` and ``tags``; return the 200's body (``Updating``) and headers."""
         props = body.get("properties") or {}
-        others = sorted((set(body) - {"properties", "tags", "location"}) | (set(props) - {"disableLocalAuth"}))
+        # azure-cli's `cosmosdb update` also sends `apiProperties: {"serverVersion": null}` (MongoDB's): nulls and
+        # objects of nulls change nothing, so they pass.
+        others = sorted((set(body) - {"properties", "tags", "location"})
+                        | {key for key, value in props.items() if key != "disableLocalAuth" and not _unset(value)})
         if others:
             raise ArmError(400, "LabNotEmulated", f"The lab's Cosmos DB accounts only change properties."
                            f"disableLocalAuth and tags, not {', '.join(others)} (see azurelab/arm.py).")
@@ -1681,6 +1715,8 @@ class ArmHandler(JsonHandler):
         if self.route.startswith("/oidc/"):
             return self.send_json(*self.issuer_document(state))
         state.count(self.command, self.route)
+        if self.route.strip("/") == "metadata/endpoints" and self.command == "GET":
+            return self.send_json(200, self.cloud_metadata(app))
         headers = {"x-ms-request-id": str(uuid.uuid4()),
                    "x-ms-correlation-request-id": self.headers.get("x-ms-client-request-id") or str(uuid.uuid4())}
         name, value = state.remaining(self.command)
@@ -1705,6 +1741,16 @@ class ArmHandler(JsonHandler):
             headers.update(err.headers)
             status, answer = err.status, err.body()
         self.send_json(status, answer, headers)
+
+    def cloud_metadata(self, app: "ArmApp") -> dict:
+        """``GET /metadata/endpoints`` (no token, any api-version, as ARM serves it): the cloud's endpoints, which
+        ``az cloud register --endpoint-resource-manager`` reads. Only what the lab has: ARM, the Entra authority and
+        the audiences of ARM and of PostgreSQL/MySQL (``az account get-access-token --resource-type oss-rdbms``)."""
+        audiences = app.state.topology["audiences"]
+        return {"name": "Lab", "resourceManager": f"https://{self.headers.get('Host')}/",
+                "authentication": {"loginEndpoint": app.authority.rpartition("/")[0],
+                                   "audiences": [app.audience], "tenant": "common", "identityProvider": "AAD"},
+                "ossrdbmsResourceId": audiences["postgres"], "suffixes": {}}
 
     def authenticate(self, app: "ArmApp") -> None:
         scheme, _space, token = (self.headers.get("Authorization") or "").partition(" ")
@@ -1798,6 +1844,8 @@ class ArmHandler(JsonHandler):
             return self.resource(state, method, rg, type_, name, body, base_url, api)
         if type_ == MI and seg[8] == FIC.lower() and len(seg) in (9, 10):
             return self.fic(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url)
+        if type_ == PG and seg[8:] == ["capabilities"] and method == "GET":
+            return 200, {"value": state.pg_capabilities(rg, name)}, {}
         if type_ == PG and seg[8:] == ["replicas"] and method == "GET":
             return 200, {"value": state.pg_replicas(rg, name)}, {}
         if type_ == PG and seg[8] == "administrators" and len(seg) in (9, 10):
