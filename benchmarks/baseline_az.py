@@ -7,7 +7,7 @@ application of a fleet, one command at a time, and measures it like ``benchmarks
 * the lab registered as a custom cloud in an ``AZURE_CONFIG_DIR`` below ``work`` (the CLI reads the ARM double's
   ``/metadata/endpoints``), and ``az login --identity`` as the control identity ``mi-operator`` through the lab's App
   Service style identity endpoint of ``vm-control``;
-* ``tutorial.sh`` with two tab-separated files written from the fleet's inventory and topology: the servers (SQL
+* ``tutorial.sh`` with two tab-separated files written from the fleet's inventory: the servers (SQL
   Entra admin and Entra-only, PostgreSQL Entra and its admin and passwords off, Cosmos DB local auth off, AKS OIDC
   issuer and workload identity, once each) and the applications (identity, database user or role assignment,
   attachment to its VM / App Service app, federated credential and Kubernetes objects for AKS). Its database steps
@@ -74,17 +74,15 @@ def _row(*fields) -> str:
 
 def write_plan(lab, topology_file: pathlib.Path, work: pathlib.Path) -> list[dict]:
     """``work/servers.tsv``, ``work/apps.tsv`` and the PostgreSQL grant files (``work/pg/<app>.sql``) for tutorial.sh,
-    from the fleet's inventory (next to ``topology_file``) and topology; returns the applications as planned
+    from the fleet's inventory (next to ``topology_file``; ``inventories/lab`` for the default lab); returns the applications as planned
     (``app``, ``identity``, ``workload``, ``database``: the inventory's host entries, for :func:`verify`)."""
     inventory = topology_file.parent / "inventory"
     if not inventory.is_dir():
         inventory = REPO / "inventories" / "lab"
     hosts = yaml.safe_load((inventory / "hosts.yml").read_text())["all"]["children"]["applications"]["hosts"]
     group_vars = yaml.safe_load((inventory / "group_vars" / "all.yml").read_text())
-    topology = yaml.safe_load(topology_file.read_text())
     endpoints = json.loads((lab.state / "endpoints.json").read_text())
     sql_ports = {name: endpoint["port"] for name, endpoint in endpoints["sql_servers"].items()}
-    creation = {app["name"]: app.get("creation_statements", []) for app in topology["applications"]}
     (work / "pg").mkdir(parents=True, exist_ok=True)
     servers: dict[tuple[str, str], str] = {}
     apps, plan = [], []
@@ -104,7 +102,7 @@ def write_plan(lab, topology_file: pathlib.Path, work: pathlib.Path) -> list[dic
             servers[("postgres", server)] = _row("postgres", server, server_rg, "localhost", lab.base + 4,
                                                  settings["owner_roles"][0])
             access = work / "pg" / f"{app}.sql"
-            access.write_text(pg_grants(identity["name"], creation[app], database.get("default_privileges", [])))
+            access.write_text(pg_grants(identity["name"], database_name, database["grants"], database.get("default_privileges", [])))
         else:
             server, database_name = database["account"], database["database"]
             server_rg = group_vars["mi_cosmos_accounts"][server]["resource_group"]
@@ -126,11 +124,22 @@ def write_plan(lab, topology_file: pathlib.Path, work: pathlib.Path) -> list[dic
     return plan
 
 
-def pg_grants(role: str, creation_statements: list[str], default_privileges: list[dict]) -> str:
-    """The grants Vault's role gave the application's dynamic users (its creation statements but CREATE ROLE), for the
-    identity's role, and the inventory's default privileges; one statement a line."""
-    lines = [statement.replace("{{name}}", role) for statement in creation_statements
-             if not statement.lstrip().upper().startswith("CREATE ROLE")]
+def pg_grants(role: str, database: str, grants: list[dict], default_privileges: list[dict]) -> str:
+    """The inventory's grants and default privileges of one application (``mi_databases[].grants`` /
+    ``default_privileges``, what migrate.yml grants) as SQL for ``role``, one statement a line: the tutorial's GRANTs
+    and ALTER DEFAULT PRIVILEGES, with the application's own objects and privileges."""
+    lines = []
+    for grant in grants:
+        privileges, kind = ", ".join(grant["privileges"]), grant["object_type"]
+        if kind == "database":
+            target = f'DATABASE "{database}"'
+        elif kind == "schema":
+            target = f'SCHEMA "{grant["schema"]}"'
+        elif grant.get("objects"):
+            target = f"{kind.upper()} " + ", ".join(f'"{grant["schema"]}"."{name}"' for name in grant["objects"])
+        else:
+            target = f'ALL {kind.upper()}S IN SCHEMA "{grant["schema"]}"'
+        lines.append(f'GRANT {privileges} ON {target} TO "{role}";')
     for grant in default_privileges:
         lines.append(f'ALTER DEFAULT PRIVILEGES FOR ROLE "{grant["for_role"]}" IN SCHEMA "{grant["schema"]}" GRANT '
                      f'{", ".join(grant["privileges"])} ON {grant["object_type"].upper()}S TO "{role}";')
@@ -276,20 +285,15 @@ def _workload_problems(lab, by_type, children, workload: dict, identity: dict) -
     subject = f"system:serviceaccount:{workload['namespace']}:{workload['service_account']}"
     credentials = children[identity["id"].lower()]
     problems = [] if any(c["properties"]["subject"] == subject for c in credentials) else [f"no credential for {subject}"]
-    account = _kube_get(lab, f"/api/v1/namespaces/{workload['namespace']}/serviceaccounts/{workload['service_account']}")
-    annotations = account["metadata"].get("annotations") or {}
-    if annotations.get("azure.workload.identity/client-id") != identity["properties"]["clientId"]:
-        problems.append(f"service account {workload['service_account']} lacks the client-id annotation")
-    return problems
-
-
-def _kube_get(lab, path: str) -> dict:
+    import kubernetes
     from labrunner import kube_client
 
     with kube_client(lab) as client:
-        data, _status, _headers = client.call_api(path, "GET", response_type="object", auth_settings=["BearerToken"],
-                                                  _return_http_data_only=False)
-    return data
+        account = kubernetes.client.CoreV1Api(client).read_namespaced_service_account(
+            workload["service_account"], workload["namespace"])
+    if (account.metadata.annotations or {}).get("azure.workload.identity/client-id") != identity["properties"]["clientId"]:
+        problems.append(f"service account {workload['service_account']} lacks the client-id annotation")
+    return problems
 
 
 def _database_problems(lab, by_type, children, database: dict, role: str, client_id: str, principal_id: str) -> list[str]:

@@ -10,6 +10,7 @@
 #                 role that owns the application schemas)
 #   APPS_FILE:    app  identity  identity_rg  workload_type (vm | app_service | aks)  workload_name  workload_rg
 #                 db_type (sql | postgres | cosmos)  server  server_rg  database  access  scope  namespace  service_account
+#                 deployment
 #                 access: SQL roles (comma-separated), the file of PostgreSQL grants, or the Cosmos role definition id.
 # Environment: AZURE_CONFIG_DIR (logged in with `az login --identity`), ADMIN_NAME / ADMIN_RG (the identity that is
 # logged in: the admin the tutorial takes from `az ad signed-in-user show`), BENCH_LOG (one line per command run:
@@ -98,7 +99,7 @@ done 3<"$SERVERS_FILE"
 
 # --- Per application ---
 while IFS=$'\t' read -r -u 3 app identity identity_rg workload_type workload_name workload_rg db_type server server_rg \
-    database access scope namespace service_account; do
+    database access scope namespace service_account deployment; do
     # Part 1 step 1: the identity, then its ids, one `az identity show` each as the tutorial has it.
     az identity create --name "$identity" --resource-group "$identity_rg" --location eastus2 >/dev/null
     MI_CLIENT_ID=$(az identity show --name "$identity" --resource-group "$identity_rg" --query clientId -o tsv)
@@ -167,10 +168,10 @@ while IFS=$'\t' read -r -u 3 app identity identity_rg workload_type workload_nam
             serviceaccount "$service_account" "azure.workload.identity/client-id=$MI_CLIENT_ID" >/dev/null
         timed kubectl "label serviceaccount" 0 kubectl -n "$namespace" label --overwrite -o name \
             serviceaccount "$service_account" azure.workload.identity/use=true >/dev/null
-        timed kubectl "patch deployment" 0 kubectl -n "$namespace" patch deployment "$app" --type merge -o name \
+        timed kubectl "patch deployment" 0 kubectl -n "$namespace" patch deployment "$deployment" --type merge -o name \
             -p '{"spec": {"template": {"metadata": {"labels": {"azure.workload.identity/use": "true"},
                  "annotations": {"vault.hashicorp.com/agent-inject": null}}}}}' >/dev/null
-        timed kubectl "set env" 0 kubectl -n "$namespace" set env -o name deployment "$app" \
+        timed kubectl "set env" 0 kubectl -n "$namespace" set env -o name deployment "$deployment" \
             DB_USER- DB_PASSWORD_FILE- >/dev/null
         ;;
     esac

@@ -72,7 +72,9 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
 * ``Microsoft.Compute/virtualMachineScaleSets``: GET, list, PATCH (``begin_update``, 200 only) of ``identity`` and
   ``tags`` with the VMs' identity semantics.
 * ``Microsoft.Web/sites`` (App Service): GET, list, PATCH (not long-running, 200) of ``tags``, ``identity`` and
-  ``properties`` (JSON merge patch, read-only ones ignored); POST ``config/appsettings/list`` (200) and PUT
+  ``properties`` (JSON merge patch, read-only ones ignored), and PUT of an existing app, applied as that PATCH (the
+  body is the whole app as GET gave it, which azure-cli's ``webapp identity assign`` sends back; a property left out
+  of a PUT keeps its value here); POST ``config/appsettings/list`` (200) and PUT
   ``config/appsettings`` (200; replaces the whole set). App Service's PATCH semantics for
   ``identity.userAssignedIdentities`` are not documented, so the double is strict: the map sent REPLACES the attached
   set (a client must read, merge and write the whole map).
@@ -1908,7 +1910,7 @@ class ArmHandler(JsonHandler):
             return 200, state.vm_patch(rg, name, body), {}
         if type_ == VMSS and method == "PATCH":
             return 200, state.vmss_patch(rg, name, body), {}
-        if type_ == SITE and method == "PATCH":
+        if type_ == SITE and method in ("PATCH", "PUT"):  # PUT: azure-cli's `webapp identity assign`, see the docstring
             return 200, state.site_patch(rg, name, body), {}
         if type_ == CONTAINER_APP and method == "PATCH":
             return 202, None, state.container_app_patch(rg, name, body, base_url, api)
