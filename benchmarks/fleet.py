@@ -94,7 +94,7 @@ def module_start(lab, work: pathlib.Path) -> dict:
     return {"wall_s": round(statistics.median(walls), 3), "peak_mb": round(statistics.median(peaks), 1)}
 
 
-def bench(sizes: list[int], repeat: int, work: pathlib.Path) -> dict:
+def bench(sizes: list[int], repeat: int, work: pathlib.Path, baseline_az: bool = False) -> dict:
     results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "fleets": []}
     for apps in sizes:
         topology = generate(apps, work / f"fleet-{apps}")
@@ -116,6 +116,15 @@ def bench(sizes: list[int], repeat: int, work: pathlib.Path) -> dict:
         results["fleets"].append({"applications": apps, "runs": runs,
                                   "first_wall_s": statistics.median(r["first"]["wall_s"] for r in runs),
                                   "again_wall_s": statistics.median(r["again"]["wall_s"] for r in runs)})
+        if baseline_az:  # issue 7's baseline (a), on a fresh lab of the same fleet (benchmarks/baseline_az.py)
+            import baseline_az as tutorial
+
+            lab_run = running_lab(topology)
+            lab = next(lab_run)
+            try:
+                results["fleets"][-1]["baseline_az"] = tutorial.run(lab, topology, work / f"baseline-az-{apps}")
+            finally:
+                next(lab_run, None)
     return results
 
 
@@ -158,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100, 500])
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--baseline-az", action="store_true",
+                        help="also run the tutorial's az/psql/pyodbc baseline on each fleet (results.json only)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mi-bench-") as work:
-        results = bench(args.sizes, args.repeat, pathlib.Path(work))
+        results = bench(args.sizes, args.repeat, pathlib.Path(work), args.baseline_az)
     write_report(results)
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0
