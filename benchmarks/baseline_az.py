@@ -22,7 +22,9 @@ decommissioning, backups, reports.
 After the run the end state is checked in the lab (ARM state, the PostgreSQL and Azure SQL catalogs, the Kubernetes
 objects): :func:`run` raises :class:`BaselineFailed` when the baseline did not do its job.
 
-    PYTHONPATH=lab .venv/bin/python benchmarks/baseline_az.py 10      # a fresh fleet of 10 on a lab of its own
+    .venv/bin/python benchmarks/baseline_az.py 10 [--keep DIR]    # a fresh fleet of 10 on a lab of its own
+
+``make bench`` runs it on each fleet with ``benchmarks/fleet.py --baseline-az`` (into results.json).
 """
 from __future__ import annotations
 
@@ -30,10 +32,10 @@ import argparse
 import collections
 import contextlib
 import json
-import os
 import pathlib
 import resource
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +52,6 @@ REQUIREMENTS = HERE / "requirements-az.txt"
 ADMIN = {"name": "mi-operator", "resource_group": "rg-lab-ops", "workload": "vm-control"}
 COSMOS_ROLES = {"Data Reader": "00000000-0000-0000-0000-000000000001",
                 "Data Contributor": "00000000-0000-0000-0000-000000000002"}
-SQL_AUDIENCE = "https://database.windows.net/"
 
 
 class BaselineFailed(RuntimeError):
@@ -74,8 +75,9 @@ def _row(*fields) -> str:
 
 def write_plan(lab, topology_file: pathlib.Path, work: pathlib.Path) -> list[dict]:
     """``work/servers.tsv``, ``work/apps.tsv`` and the PostgreSQL grant files (``work/pg/<app>.sql``) for tutorial.sh,
-    from the fleet's inventory (next to ``topology_file``; ``inventories/lab`` for the default lab); returns the applications as planned
-    (``app``, ``identity``, ``workload``, ``database``: the inventory's host entries, for :func:`verify`)."""
+    from the fleet's inventory (next to ``topology_file``; ``inventories/lab`` for the default lab). Returns the
+    applications as planned (``app``, ``identity``, ``workload``, ``database``: the inventory's host entries, for
+    :func:`verify`)."""
     inventory = topology_file.parent / "inventory"
     if not inventory.is_dir():
         inventory = REPO / "inventories" / "lab"
@@ -102,7 +104,8 @@ def write_plan(lab, topology_file: pathlib.Path, work: pathlib.Path) -> list[dic
             servers[("postgres", server)] = _row("postgres", server, server_rg, "localhost", lab.base + 4,
                                                  settings["owner_roles"][0])
             access = work / "pg" / f"{app}.sql"
-            access.write_text(pg_grants(identity["name"], database_name, database["grants"], database.get("default_privileges", [])))
+            access.write_text(pg_grants(identity["name"], database_name, database["grants"],
+                                        database.get("default_privileges", [])))
         else:
             server, database_name = database["account"], database["database"]
             server_rg = group_vars["mi_cosmos_accounts"][server]["resource_group"]
@@ -227,7 +230,7 @@ def per_command(commands: list[list[str]]) -> dict:
     seconds = collections.defaultdict(list)
     for tool, what, elapsed, _statements in commands:
         seconds[f"{tool} {what}"].append(float(elapsed))
-    return {name: {"count": len(times), "median_s": round(sorted(times)[len(times) // 2], 3),
+    return {name: {"count": len(times), "median_s": round(statistics.median(times), 3),
                    "total_s": round(sum(times), 1)} for name, times in sorted(seconds.items())}
 
 
@@ -284,19 +287,22 @@ def _workload_problems(lab, by_type, children, workload: dict, identity: dict) -
         return []
     subject = f"system:serviceaccount:{workload['namespace']}:{workload['service_account']}"
     credentials = children[identity["id"].lower()]
-    problems = [] if any(c["properties"]["subject"] == subject for c in credentials) else [f"no credential for {subject}"]
+    problems = [] if any(c["properties"].get("subject") == subject for c in credentials) else [
+        f"no federated credential for {subject}"]
     import kubernetes
     from labrunner import kube_client
 
     with kube_client(lab) as client:
         account = kubernetes.client.CoreV1Api(client).read_namespaced_service_account(
             workload["service_account"], workload["namespace"])
-    if (account.metadata.annotations or {}).get("azure.workload.identity/client-id") != identity["properties"]["clientId"]:
+    annotations = account.metadata.annotations or {}
+    if annotations.get("azure.workload.identity/client-id") != identity["properties"]["clientId"]:
         problems.append(f"service account {workload['service_account']} lacks the client-id annotation")
     return problems
 
 
-def _database_problems(lab, by_type, children, database: dict, role: str, client_id: str, principal_id: str) -> list[str]:
+def _database_problems(lab, by_type, children, database: dict, role: str, client_id: str,
+                       principal_id: str) -> list[str]:
     if database["type"] == "postgres":
         return _pg_problems(lab, database, role, principal_id)
     if database["type"] == "sql":

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     token_bytes = sys.stdin.readline().strip().encode("UTF-16-LE")
     token_struct = struct.pack(f"<I{len(token_bytes)}s", len(token_bytes), token_bytes)
     conn = pyodbc.connect(f"DRIVER={{ODBC Driver 18 for SQL Server}};SERVER=tcp:{args.host},{args.port};"
-                          f"DATABASE={args.database};Encrypt=yes;", attrs_before={SQL_COPT_SS_ACCESS_TOKEN: token_struct},
-                          autocommit=True)
+                          f"DATABASE={args.database};Encrypt=yes;",
+                          attrs_before={SQL_COPT_SS_ACCESS_TOKEN: token_struct}, autocommit=True)
     sid = "0x" + uuid.UUID(args.client_id).bytes_le.hex()
     cursor = conn.cursor()
     cursor.execute(f"CREATE USER {quote(args.user)} WITH SID = {sid}, TYPE = E")

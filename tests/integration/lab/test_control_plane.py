@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -360,14 +361,15 @@ def test_labctl_up_status_down(tmp_path):
     assert labctl("status").returncode != 0
 
 
-def arm_request(control_plane, method: str, path: str, body: dict | None = None, token: bool = True) -> tuple[int, dict]:
+def arm_request(control_plane, method: str, path: str, body: dict | None = None,
+                token: bool = True) -> tuple[int, dict]:
     """One raw ARM request (as azure-cli sends it): status and JSON body."""
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = "Bearer " + control_plane.operator_credential().get_token(ARM_SCOPE).token
     request = urllib.request.Request(f"{control_plane.arm_url}{path}", method=method, headers=headers,
                                      data=json.dumps(body).encode() if body is not None else None)
-    context = __import__("ssl").create_default_context(cafile=str(control_plane.paths.ca_bundle))
+    context = ssl.create_default_context(cafile=str(control_plane.paths.ca_bundle))
     try:
         with urllib.request.urlopen(request, context=context, timeout=10) as answer:
             return answer.status, json.loads(answer.read() or b"null")
@@ -404,5 +406,6 @@ def test_what_azure_cli_reads_and_writes(control_plane):
     status, before = arm_request(control_plane, "GET", site)
     assert status == 200
     status, after = arm_request(control_plane, "PUT", site, dict(before, tags={"put-by": "azure-cli"}))
-    assert status == 200 and after["tags"] == {"put-by": "azure-cli"} and after.get("identity") == before.get("identity")
+    assert status == 200 and after["tags"] == {"put-by": "azure-cli"}
+    assert after.get("identity") == before.get("identity")
     arm_request(control_plane, "PUT", site, before)
