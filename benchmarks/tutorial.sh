@@ -124,8 +124,8 @@ while IFS=$'\t' read -r -u 3 app identity identity_rg workload_type workload_nam
         # Deviation: pgaadauth_create_principal by display name needs a unique name in the directory; a managed
         # identity is named by its object id (pgaadauth_create_principal_with_oid, type service). The pgaadauth
         # functions live in database postgres: the session starts there and moves to the application's database
-        # (\connect) for the grants. Those are the ones Vault's role gave the application (the tutorial's are an
-        # example), made as a member of the tables' owner, which the admin joined: it is not a superuser.
+        # (\connect) for the grants: the application's, from the inventory (what migrate.yml grants; the tutorial's
+        # are an example), made as a member of the tables' owner, which the admin joined: it is not a superuser.
         PGPASSWORD=$(az account get-access-token --resource-type oss-rdbms --query accessToken -o tsv)
         export PGPASSWORD
         statements=$((2 + $(grep -c ';' "$access")))
