@@ -1137,19 +1137,17 @@ class ArmState:
         with self._lock:
             server = self._require(rg, PG, server_name)
             sku, storage_mb = server["sku"], server["properties"]["storage"]["storageSizeGB"] * 1024
-            return [{"name": "FlexibleServerCapabilities", "supportedServerEditions": [{
-                "name": sku["tier"], "defaultSkuName": sku["name"],
-                "supportedStorageEditions": [{"name": "ManagedDisk", "defaultStorageSizeMb": storage_mb,
-                                              "supportedStorageMb": [{"storageSizeMb": storage_mb,
-                                                                      "defaultIopsTier": "P4",
-                                                                      "supportedIopsTiers": [{"name": "P4"}]}]}],
-                "supportedServerSkus": [{"name": sku["name"], "vCores": 2, "supportedZones": [],
-                                         "supportedHaMode": []}]}],
-                "supportedServerVersions": [{"name": server["properties"]["version"],
-                                             "supportedVersionsToUpgrade": []}],
-                "supportedFeatures": [{"name": "OfferRestricted", "status": "Disabled"},
-                                      {"name": "ZoneRedundantHa", "status": "Disabled"},
-                                      {"name": "GeoBackup", "status": "Disabled"}]}]
+            storage = {"storageSizeMb": storage_mb, "defaultIopsTier": "P4", "supportedIopsTiers": [{"name": "P4"}]}
+            edition = {"name": sku["tier"], "defaultSkuName": sku["name"],
+                       "supportedStorageEditions": [{"name": "ManagedDisk", "defaultStorageSizeMb": storage_mb,
+                                                     "supportedStorageMb": [storage]}],
+                       "supportedServerSkus": [{"name": sku["name"], "vCores": 2, "supportedZones": [],
+                                                "supportedHaMode": []}]}
+            version = {"name": server["properties"]["version"], "supportedVersionsToUpgrade": []}
+            off = ("OfferRestricted", "ZoneRedundantHa", "GeoBackup")
+            features = [{"name": name, "status": "Disabled"} for name in off]
+            return [{"name": "FlexibleServerCapabilities", "supportedServerEditions": [edition],
+                     "supportedServerVersions": [version], "supportedFeatures": features}]
 
     def pg_admin_list(self, rg: str, server_name: str) -> list[dict]:
         with self._lock:
