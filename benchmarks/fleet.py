@@ -219,12 +219,12 @@ def baseline_section(results: dict) -> list[str]:
         if fleet.get("baselines"):
             rows.append(f"| {fleet['applications']} | migrate.yml (this collection) | {fleet['first_wall_s']} "
                         f"| {ours['cpu_s']} | {ours['arm']['GET']} / {ours['arm']['writes']} "
-                        f"| {sum(ours['tokens'].values())} | 1 | 1 |")
+                        f"| {sum(ours['tokens'].values())} | {database(ours, 'round_trips')} | 1 | 1 |")
         for label, theirs in fleet.get("baselines", {}).items():
             tokens = theirs["tokens"] if isinstance(theirs["tokens"], int) else sum(theirs["tokens"].values())
             rows.append(f"| {fleet['applications']} | {label} | {theirs['wall_s']} | {theirs['cpu_s']} "
                         f"| {theirs['arm']['GET']} / {theirs['arm']['writes']} | {tokens} "
-                        f"| {theirs['wall_s'] / fleet['first_wall_s']:.2f} "
+                        f"| {database(theirs, 'round_trips')} | {theirs['wall_s'] / fleet['first_wall_s']:.2f} "
                         f"| {arm_requests(theirs) / max(arm_requests(ours), 1):.2f} |")
     if not rows:
         return []
@@ -234,8 +234,9 @@ def baseline_section(results: dict) -> list[str]:
             "credentials); migrate.yml also checks before it writes, verifies every login as its identity, watches "
             "for Vault sessions, switches the applications, retires the Vault roles and secrets and turns passwords "
             "and keys off. Ratios are theirs / ours: above 1, migrate.yml is faster or sends fewer ARM requests.", "",
-            "| N | tool | wall (s) | CPU (s) | ARM GET / writes | tokens | wall ratio | ARM requests ratio |",
-            "|---|---|---|---|---|---|---|---|"] + rows
+            "| N | tool | wall (s) | CPU (s) | ARM GET / writes | tokens | DB round trips (PG / SQL) | wall ratio "
+            "| ARM requests ratio |",
+            "|---|---|---|---|---|---|---|---|---|"] + rows
 
 
 def targets_section(results: dict) -> list[str]:

@@ -4,8 +4,9 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
 
 * ``/subscriptions[/{s}]`` GET; ``/subscriptions/{s}/resourcegroups[/{rg}]`` list, PUT, GET, HEAD, DELETE.
 * ``/metadata/endpoints`` GET without a token (:func:`cloud_metadata`: a custom cloud given as the ARM URL, as
-  azure.azcollection's ``cloud_environment`` and azure-cli read it). Tokens for the double's own URL
-  (``https://127.0.0.1:<port>/``, what azure.azcollection's clients ask for) are accepted like ``resource_manager`` ones.
+  ``az cloud register --endpoint-resource-manager`` and azure.azcollection's ``cloud_environment`` read it). Tokens
+  for the double's own URL (``https://127.0.0.1:<port>/``, what azure.azcollection's clients ask for) are accepted
+  like ``resource_manager`` ones.
 * ``Microsoft.Sql/servers/{s}`` PUT of an existing server (``azure_rm_sqlserver``): only ``administrators`` and
   ``tags`` are applied (202 + ``Azure-AsyncOperation``); no server is created.
 * ``Microsoft.ManagedIdentity/userAssignedIdentities``: PUT (201 new, 200 existing; not long-running), GET,
@@ -24,6 +25,8 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
   (``None`` drops all, ``SystemAssigned`` drops the user-assigned ones).
 * ``Microsoft.DBforPostgreSQL/flexibleServers``: GET, list, PATCH (202 + ``Azure-AsyncOperation`` + ``Location`` +
   ``retry-after-ms``, then the SDK's final GET) of ``properties.authConfig`` and ``tags``.
+* ``flexibleServers/{s}/capabilities``: GET, the server's own SKU, storage and version only (azure-cli's
+  ``postgres flexible-server update`` checks its arguments against it; :meth:`ArmState.pg_capabilities`).
 * ``flexibleServers/{s}/administrators/{objectId}``: PUT (202), GET (``name`` is the ``principalName``),
   list, DELETE (202, or 204 when absent). The real PostgreSQL follows through :class:`PostgresHooks`.
 * Read replicas (topology ``postgres_servers[].replicas``): servers with ``replicationRole: AsyncReplica`` and
@@ -73,7 +76,9 @@ Follows /work/shared/ARM_NOTES.md (what the real azure-mgmt SDKs accept). Served
 * ``Microsoft.Compute/virtualMachineScaleSets``: GET, list, PATCH (``begin_update``, 200 only) of ``identity`` and
   ``tags`` with the VMs' identity semantics.
 * ``Microsoft.Web/sites`` (App Service): GET, list, PATCH (not long-running, 200) of ``tags``, ``identity`` and
-  ``properties`` (JSON merge patch, read-only ones ignored); POST ``config/appsettings/list`` (200) and PUT
+  ``properties`` (JSON merge patch, read-only ones ignored), and PUT of an existing app, applied as that PATCH (the
+  body is the whole app as GET gave it, which azure-cli's ``webapp identity assign`` sends back; a property left out
+  of a PUT keeps its value here); POST ``config/appsettings/list`` (200) and PUT
   ``config/appsettings`` (200; replaces the whole set). App Service's PATCH semantics for
   ``identity.userAssignedIdentities`` are not documented, so the double is strict: the map sent REPLACES the attached
   set (a client must read, merge and write the whole map).
@@ -277,6 +282,11 @@ def _merge_patch(target, patch):
     return merged
 
 
+def _unset(value) -> bool:
+    """A null, or an object whose values are all unset: what a client sends for a property it does not change."""
+    return value is None or (isinstance(value, dict) and all(_unset(v) for v in value.values()))
+
+
 def _not_found(type_: str, name: str, rg: str) -> ArmError:
     return ArmError(404, "ResourceNotFound",
                     f"The Resource '{type_}/{name}' under resource group '{rg}' was not found. "
@@ -416,6 +426,7 @@ class ArmState:
                 "administratorLogin": server["administrator_login"], "version": str(server["version"]),
                 "state": "Ready", "fullyQualifiedDomainName": "localhost",
                 "storage": {"storageSizeGB": 32}, "network": {"publicNetworkAccess": "Enabled"},
+                "backup": {"backupRetentionDays": 7, "geoRedundantBackup": "Disabled"},
                 "highAvailability": {"mode": "Disabled"},
                 "replicationRole": role, "replicaCapacity": 0 if source_id else 5,
                 "authConfig": {"activeDirectoryAuth": "Disabled", "passwordAuth": "Enabled",
@@ -1139,6 +1150,25 @@ class ArmState:
                            f"those of its primary '{source.rsplit('/', 1)[-1]}' (roles are replicated from it). "
                            "Add or remove them on the primary.")
 
+    def pg_capabilities(self, rg: str, server_name: str) -> list[dict]:
+        """``GET flexibleServers/{s}/capabilities``: what the server can be changed to, which azure-cli's
+        ``postgres flexible-server update`` validates its arguments against before any PATCH. The lab's one answer:
+        the server's own SKU, tier, storage size and version, no zone redundancy, no geo-backup."""
+        with self._lock:
+            server = self._require(rg, PG, server_name)
+            sku, storage_mb = server["sku"], server["properties"]["storage"]["storageSizeGB"] * 1024
+            storage = {"storageSizeMb": storage_mb, "defaultIopsTier": "P4", "supportedIopsTiers": [{"name": "P4"}]}
+            edition = {"name": sku["tier"], "defaultSkuName": sku["name"],
+                       "supportedStorageEditions": [{"name": "ManagedDisk", "defaultStorageSizeMb": storage_mb,
+                                                     "supportedStorageMb": [storage]}],
+                       "supportedServerSkus": [{"name": sku["name"], "vCores": 2, "supportedZones": [],
+                                                "supportedHaMode": []}]}
+            version = {"name": server["properties"]["version"], "supportedVersionsToUpgrade": []}
+            off = ("OfferRestricted", "ZoneRedundantHa", "GeoBackup")
+            features = [{"name": name, "status": "Disabled"} for name in off]
+            return [{"name": "FlexibleServerCapabilities", "supportedServerEditions": [edition],
+                     "supportedServerVersions": [version], "supportedFeatures": features}]
+
     def pg_admin_list(self, rg: str, server_name: str) -> list[dict]:
         with self._lock:
             return copy.deepcopy(self._admins(self._require_parent(rg, server_name)))
@@ -1336,7 +1366,10 @@ class ArmState:
                      api_version: str) -> tuple[dict, dict[str, str]]:
         """Apply ``properties.disableLocalAuth`` and ``tags``; return the 200's body (``Updating``) and headers."""
         props = body.get("properties") or {}
-        others = sorted((set(body) - {"properties", "tags", "location"}) | (set(props) - {"disableLocalAuth"}))
+        # azure-cli's `cosmosdb update` also sends `apiProperties: {"serverVersion": null}` (MongoDB's): nulls and
+        # objects of nulls change nothing, so they pass.
+        others = sorted((set(body) - {"properties", "tags", "location"})
+                        | {key for key, value in props.items() if key != "disableLocalAuth" and not _unset(value)})
         if others:
             raise ArmError(400, "LabNotEmulated", f"The lab's Cosmos DB accounts only change properties."
                            f"disableLocalAuth and tags, not {', '.join(others)} (see azurelab/arm.py).")
@@ -1707,11 +1740,13 @@ def cloud_metadata(app: "ArmApp", base_url: str) -> dict:
     """``GET /metadata/endpoints`` (no authentication, as on ARM): the cloud's endpoints in the 2022-09-01 shape, what
     azure-cli's ``get_cloud_from_metadata_endpoint`` reads when a tool is given the ARM URL as its cloud (azure.azcollection's
     ``cloud_environment``, ``az cloud register --endpoint-resource-manager``). Only what those read: the ARM URL, the Entra
-    double's login endpoint and the audiences ARM accepts; ``suffixes`` empty (the lab's databases are reached by the
-    ports the inventory names)."""
+    double's login endpoint, the audiences ARM accepts and PostgreSQL's (``ossrdbmsResourceId``: ``az account
+    get-access-token --resource-type oss-rdbms``); ``suffixes`` empty (the lab's databases are reached by the ports
+    the inventory names)."""
     return {"name": "Lab", "resourceManager": f"{base_url}/", "portal": "", "suffixes": {},
             "authentication": {"loginEndpoint": f"{app.authority.rsplit('/', 1)[0]}/", "identityProvider": "AAD",
-                               "tenant": "common", "audiences": list(app.audiences)}}
+                               "tenant": "common", "audiences": list(app.audiences)},
+            "ossrdbmsResourceId": app.state.topology["audiences"]["postgres"]}
 
 
 class ArmHandler(JsonHandler):
@@ -1850,6 +1885,8 @@ class ArmHandler(JsonHandler):
             return self.resource(state, method, rg, type_, name, body, base_url, api)
         if type_ == MI and seg[8] == FIC.lower() and len(seg) in (9, 10):
             return self.fic(state, method, rg, name, raw[9] if len(seg) == 10 else None, body, base_url)
+        if type_ == PG and seg[8:] == ["capabilities"] and method == "GET":
+            return 200, {"value": state.pg_capabilities(rg, name)}, {}
         if type_ == PG and seg[8:] == ["replicas"] and method == "GET":
             return 200, {"value": state.pg_replicas(rg, name)}, {}
         if type_ == PG and seg[8] == "administrators" and len(seg) in (9, 10):
@@ -1912,7 +1949,7 @@ class ArmHandler(JsonHandler):
             return 200, state.vm_patch(rg, name, body), {}
         if type_ == VMSS and method == "PATCH":
             return 200, state.vmss_patch(rg, name, body), {}
-        if type_ == SITE and method == "PATCH":
+        if type_ == SITE and method in ("PATCH", "PUT"):  # PUT: azure-cli's `webapp identity assign`, see the docstring
             return 200, state.site_patch(rg, name, body), {}
         if type_ == CONTAINER_APP and method == "PATCH":
             return 202, None, state.container_app_patch(rg, name, body, base_url, api)

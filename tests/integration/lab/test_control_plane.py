@@ -376,3 +376,53 @@ def test_cloud_metadata_and_own_url_audience(control_plane, monkeypatch):
     client = ComputeManagementClient(credential, control_plane.subscription, base_url=control_plane.arm_url,
                                      credential_scopes=[f"{control_plane.arm_url}/.default"])
     assert client.virtual_machines.get("rg-lab-ops", "vm-control").name == "vm-control"
+
+
+def arm_request(control_plane, method: str, path: str, body: dict | None = None,
+                token: bool = True) -> tuple[int, dict]:
+    """One raw ARM request (as azure-cli sends it): status and JSON body."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = "Bearer " + control_plane.operator_credential().get_token(ARM_SCOPE).token
+    request = urllib.request.Request(f"{control_plane.arm_url}{path}", method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    context = ssl.create_default_context(cafile=str(control_plane.paths.ca_bundle))
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read() or b"null")
+
+
+def test_what_azure_cli_reads_and_writes(control_plane):
+    """The requests of azure-cli (benchmarks/baseline_az.py) beyond the SDKs': the cloud metadata `az cloud register`
+    reads without a token, the capabilities `postgres flexible-server update` validates against, the unset
+    `apiProperties` of `cosmosdb update` and the site PUT of `webapp identity assign`."""
+    status, metadata = arm_request(control_plane, "GET", "/metadata/endpoints?api-version=2022-09-01", token=False)
+    assert status == 200 and metadata["resourceManager"] == f"{control_plane.arm_url}/"
+    assert metadata["authentication"]["loginEndpoint"] == f"{control_plane.authority}/"
+    assert "https://management.azure.com/" in metadata["authentication"]["audiences"]
+    assert metadata["ossrdbmsResourceId"] == "https://ossrdbms-aad.database.windows.net"
+
+    pg = control_plane.client(PostgreSQLManagementClient)
+    [capability] = pg.capabilities_by_server.list(RG_DATA, PG)
+    assert [e.name for e in capability.supported_server_editions] == ["GeneralPurpose"]
+    assert {f.name: f.status for f in capability.supported_features}["OfferRestricted"] == "Disabled"
+    assert [v.name for v in capability.supported_server_versions] == ["15"]
+
+    sub = f"/subscriptions/{control_plane.subscription}/resourceGroups"
+    cosmos = f"{sub}/{RG_DATA}/providers/Microsoft.DocumentDB/databaseAccounts/cosmos-lab?api-version=2025-10-15"
+    status, account = arm_request(control_plane, "PATCH", cosmos, {"properties": {
+        "disableLocalAuth": False, "apiProperties": {"serverVersion": None}, "backupPolicy": None}})
+    assert status == 200 and account["properties"]["disableLocalAuth"] is False
+    status, refused = arm_request(control_plane, "PATCH", cosmos, {"properties": {
+        "apiProperties": {"serverVersion": "4.2"}}})
+    assert status == 400 and refused["error"]["code"] == "LabNotEmulated"
+
+    site = f"{sub}/{RG_APPS}/providers/Microsoft.Web/sites/app-storefront?api-version=2024-11-01"
+    status, before = arm_request(control_plane, "GET", site)
+    assert status == 200
+    status, after = arm_request(control_plane, "PUT", site, dict(before, tags={"put-by": "azure-cli"}))
+    assert status == 200 and after["tags"] == {"put-by": "azure-cli"}
+    assert after.get("identity") == before.get("identity")
+    arm_request(control_plane, "PUT", site, before)
