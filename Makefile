@@ -91,13 +91,16 @@ molecule: venv system-packages
 	MOLECULE_LAB_PORT_BASE=$$($(BIN)/python -c 'import sys; sys.path.insert(0, "tests/integration"); \
 	  from labrunner import free_base; print(free_base())') PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test -s postgres
 
-# Fleet benchmark (benchmarks/fleet.py): migrate.yml on generated lab fleets, first run and re-run, measured; writes
-# benchmarks/RESULTS.md and fleet.png. BENCH_SIZES picks the fleet sizes (default: 10 50 100 500). Needs GNU time.
+# Fleet benchmark (benchmarks/fleet.py): migrate.yml on generated lab fleets, first run and re-run, measured, and at
+# BENCH_BASELINE_SIZES the tutorial's az/psql/pyodbc script and the azure.azcollection playbook on fresh labs of the
+# same fleets (each baseline installs its own venv under benchmarks/ on first use: azure-cli, the `ansible` package);
+# writes benchmarks/RESULTS.md and fleet.png. BENCH_SIZES picks the fleet sizes. Needs GNU time.
 BENCH_SIZES ?= 10 50 100 500
+BENCH_BASELINE_SIZES ?= 10 50
 bench: venv system-packages
 	@command -v /usr/bin/time >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y -qq time >/dev/null; }
 	$(BIN)/pip install -q -r benchmarks/requirements.txt
-	$(BIN)/python benchmarks/fleet.py --sizes $(BENCH_SIZES)
+	$(BIN)/python benchmarks/fleet.py --sizes $(BENCH_SIZES) --baseline-sizes $(BENCH_BASELINE_SIZES)
 
 clean: lab-down
 	rm -rf $(LAB_STATE_DIR) .lab-molecule tests/output
