@@ -189,7 +189,7 @@ def login_check(lab, name: str, host: dict, group: dict, database: dict) -> None
 def main() -> int:
     from labrunner import running_lab
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--apps", type=int, default=10, help="fleet size (at least 10)")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="azc-bench-"))

@@ -63,7 +63,7 @@ def test_the_front_counts_sessions_and_round_trips(pg_stack, managed_identity):
     pg_stack.front.count = counted.append
     try:
         with pg_stack.connect(managed_identity["role"], pg_stack.token(managed_identity)) as conn:
-            for _ in range(3):
+            for _attempt in range(3):
                 conn.execute("SELECT 1", prepare=False)
             conn.execute("SELECT %s::int", (1,))
         refused(pg_stack, managed_identity["role"], "not a token")

@@ -851,7 +851,7 @@ def test_the_server_counts_sessions_and_round_trips(sql):
             cursor = conn.cursor()
             cursor.execute("SELECT 1").fetchall()
             after_one = counted.count("round_trips")
-            for _ in range(3):
+            for _attempt in range(3):
                 cursor.execute("SELECT 1").fetchall()
             assert counted.count("round_trips") == after_one + 3, counted
         with pytest.raises(pyodbc.Error):
