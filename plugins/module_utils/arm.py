@@ -23,6 +23,9 @@ RETRY_BACKOFF_MAX_S = 60
 # module. Every PATCH this collection sends sets absolute values (identity maps, authConfig, disableLocalAuth, tags,
 # app settings, container env), so sending it twice changes nothing; POST stays out (regenerateKey is not idempotent).
 RETRY_METHODS = frozenset(["HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"])
+# Keyword arguments for an SDK call of a POST action that only reads (listKeys, listClusterUserCredential,
+# config/appsettings/list): sending it again is harmless, so it is retried like a GET.
+READ_ONLY_POST = {"retry_on_methods": RETRY_METHODS | frozenset(["POST"])}
 
 _CLIENTS = {
     # name: (module, class)
@@ -79,13 +82,16 @@ class ArmClients:
 def retry_policy():
     """The azure-core ``RetryPolicy`` of every client: azure-core's (429/5xx with exponential backoff, Retry-After
     honoured, connection errors retried) with :data:`RETRY_TOTAL` attempts, waits capped at
-    :data:`RETRY_BACKOFF_MAX_S` seconds, and :data:`RETRY_METHODS` (PATCH added) as the methods retried."""
+    :data:`RETRY_BACKOFF_MAX_S` seconds, and :data:`RETRY_METHODS` (PATCH added) as the methods retried, unless a call passes its own
+    (:data:`READ_ONLY_POST`)."""
     from azure.core.pipeline.policies import RetryPolicy  # pylint: disable=import-outside-toplevel
 
     class ArmRetryPolicy(RetryPolicy):
         def configure_retries(self, options):
+            chosen = "retry_on_methods" in options  # a call's own choice (READ_ONLY_POST) wins
             settings = super(ArmRetryPolicy, self).configure_retries(options)
-            settings["methods"] = RETRY_METHODS
+            if not chosen:
+                settings["methods"] = RETRY_METHODS
             return settings
 
     return ArmRetryPolicy(retry_total=RETRY_TOTAL, retry_backoff_factor=RETRY_BACKOFF_FACTOR,

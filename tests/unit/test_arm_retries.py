@@ -12,7 +12,7 @@ from azure.core.exceptions import ServiceResponseError
 from azure.core.pipeline.policies import RetryPolicy
 from azure.core.rest import HttpRequest
 
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import RETRY_METHODS, retry_policy
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import READ_ONLY_POST, RETRY_METHODS, retry_policy
 
 
 class ResettingServer:
@@ -65,11 +65,11 @@ def server():
     running.close()
 
 
-def send(server, policy, method):
+def send(server, policy, method, **options):
     client = PipelineClient(server.url, policies=[policy])
     request = HttpRequest(method, server.url + "/subscriptions/s/resourceGroups/rg/providers/X/y/z",
                           json={"properties": {"disableLocalAuth": True}})
-    return client.send_request(request)
+    return client.send_request(request, **options)
 
 
 @pytest.mark.parametrize("method", ["PATCH", "PUT", "GET"])
@@ -92,3 +92,9 @@ def test_a_reset_post_is_not_sent_again(server):
     with pytest.raises(ServiceResponseError):
         send(server, retry_policy(), "POST")
     assert server.requests == ["POST"]
+
+
+def test_a_reset_post_that_only_reads_is_sent_again(server):
+    """listKeys, listClusterUserCredential and config/appsettings/list pass READ_ONLY_POST."""
+    assert send(server, retry_policy(), "POST", **READ_ONLY_POST).status_code == 200
+    assert server.requests == ["POST", "POST"]
