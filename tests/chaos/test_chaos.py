@@ -209,6 +209,26 @@ def assert_converged(lab, fleet, status: int, output: str) -> None:
         assert result.get("ok") and result.get("mode") == "identity", (app, result)
 
 
+def kill_after(kill: dict):
+    """A ``kill_when`` for :func:`labrunner.watch_playbook`: True at the first output line ``kill["delay"]`` seconds or
+    more after the ``kill["header"]``-th task header. Records that task and the moment (``at_seconds`` after the
+    start) in ``kill``."""
+    seen = {"headers": 0, "since": None, "started": time.monotonic()}
+
+    def kill_when(_role, line, _state):
+        if TASK.match(line):
+            seen["headers"] += 1
+            if seen["headers"] == kill["header"]:
+                seen["since"] = time.monotonic()
+                kill["task"] = line.strip().strip("*").strip()[len("TASK ["):].rstrip("]")[:90]
+        if seen["since"] is not None and time.monotonic() - seen["since"] >= kill["delay"]:
+            kill["at_seconds"] = round(time.monotonic() - seen["started"], 1)
+            return True
+        return False
+
+    return kill_when
+
+
 def test_the_fleet_covers_postgresql_azure_sql_cosmos_db_and_aks(fleet):
     assert {host["mi_databases"][0]["type"] for host in fleet["hosts"].values()} == {"postgres", "sql", "cosmos"}
     assert {host["mi_workload"]["type"] for host in fleet["hosts"].values()} >= {"vm", "app_service", "aks"}
@@ -241,20 +261,7 @@ def test_runs_killed_at_random_points_then_a_plain_rerun_converges(fleet):
     with contextlib.contextmanager(running_lab)(fleet["topology"]) as lab:
         for number in range(1, KILLS + 1):
             kill = {"header": rng.randrange(3, headers - 5), "delay": round(rng.uniform(0.0, 4.0), 1)}
-            seen = {"headers": 0, "since": None, "started": time.monotonic()}
-
-            def kill_when(_role, line, _state, kill=kill, seen=seen):
-                if TASK.match(line):
-                    seen["headers"] += 1
-                    if seen["headers"] == kill["header"]:
-                        seen["since"] = time.monotonic()
-                        kill["task"] = line.strip().strip("*").strip()[len("TASK ["):].rstrip("]")[:90]
-                if seen["since"] is not None and time.monotonic() - seen["since"] >= kill["delay"]:
-                    kill["at_seconds"] = round(time.monotonic() - seen["started"], 1)
-                    return True
-                return False
-
             REPORT["kills"].append(kill)
-            run_migrate(lab, fleet, f"killed {number}", kill_when)
+            run_migrate(lab, fleet, f"killed {number}", kill_after(kill))
         status, output = run_migrate(lab, fleet, "plain re-run")
         assert_converged(lab, fleet, status, output)
