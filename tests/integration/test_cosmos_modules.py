@@ -214,8 +214,6 @@ def test_account_writes_are_retried_while_the_account_is_busy(lab, cosmos):
     assert done["changed"] and not done["failed"], done
     assert faults["value"] == [] and len(faults["served"]) == 4 and all(s["retried"] for s in faults["served"])
     assert account_tags(cosmos)["csa-inabox-keys-regenerated"] == done["keys_regenerated_at"]
-    on = run_module(lab, "cosmos_account_entra", disable_local_auth=False, **entra)  # keys on: the tag goes
-    assert not on["failed"] and "csa-inabox-keys-regenerated" not in account_tags(cosmos), on
 
 
 def test_keys_stay_on_while_nobody_has_a_data_role(lab, cosmos):
