@@ -103,6 +103,16 @@ from a role at its logins, see :meth:`ArmState.add_grant_fault`), ``GET /lab/sta
 ``GET|POST|DELETE /lab/role-assignments``, ``GET /lab/aks/{cluster}`` (``apiServerRestarts``,
 ``lastRestart``: what a test can check about an AKS cluster that ARM does not show).
 
+Faults (``POST /lab/faults``, :meth:`ArmState.add_fault`): the next ``count`` requests whose method and path match
+are answered with an error in ARM's envelope (``status``, ``code``, ``message``, ``Retry-After`` when
+``retry_after`` is given: 429 ``SubscriptionRequestsThrottled``, 5xx, the federated credentials' concurrent-write
+409, Cosmos DB's 412 ``PreconditionFailed``, a 400 for a principal not replicated yet, whose message may say
+``{principal_id}`` for the request body's ``properties.principalId``, ...), or with no answer at all
+(``"reset": true``: the connection is dropped with a TCP RST after the request is read; nothing is applied). ``GET``
+lists the faults still pending (``value``) and every request a fault answered (``served``: its method and path, and
+``retried``, whether the same method and path came again afterwards); ``DELETE`` clears both. A fault is matched
+after authentication, so it is served to a real client's request, never to a probe.
+
 Not emulated: Azure RBAC enforcement (any valid token may do anything; only the permissions API reflects the lab's
 role assignments), lock writes through ARM (the lab API sets them), policy, tags-only PATCH of identities,
 the 20-credential limit's exact wording (the lab's code ``FederatedIdentityCredentialsLimitExceeded``), PUT of VMs
@@ -244,6 +254,18 @@ class ArmError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": []}}
 
 
+class ConnectionReset(Exception):
+    """An injected fault that answers nothing: the handler drops the connection (see :meth:`ArmState.add_fault`)."""
+
+
+def _principal_of(body: bytes) -> str:
+    """``properties.principalId`` of a JSON request body, or ``""``."""
+    try:
+        return str(((json.loads(body or b"{}") or {}).get("properties") or {}).get("principalId") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
 def _utcnow() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -316,6 +338,7 @@ class ArmState:
         self._resources: dict[str, dict] = {}  # lower-case id -> the resource as GET returns it
         self._operations: dict[str, dict] = {}
         self._faults: list[dict] = []
+        self._served: list[dict] = []
         self._grant_faults: list[dict] = []
         self._fic_writes: dict[str, float] = {}  # identity id -> when its last credential write was accepted
         self.rbac = Rbac(self.subscription_id, topology)
@@ -773,6 +796,9 @@ class ArmState:
         the POST actions that only read (``listKeys``, ``listClusterUserCredential``, ``config/appsettings/list``),
         which ARM still charges to the write budget (``remaining``)."""
         with self._lock:
+            for served in self._served:
+                if not served["retried"] and served["method"] == method and served["path"].lower() == path.lower():
+                    served["retried"] = True
             self.counters[method] = self.counters.get(method, 0) + 1
             self.counters["total"] += 1
             last = path.rstrip("/").rsplit("/", 1)[-1].lower()
@@ -791,28 +817,44 @@ class ArmState:
             return f"x-ms-ratelimit-remaining-subscription-{kind}", max(0, HOURLY_BUDGET[kind] - used)
 
     def add_fault(self, spec: dict) -> dict:
-        """``spec``: ``method`` (or ``*``), ``path`` (regex searched in the request path), ``status``, ``count``
-        (default 1), optional ``retry_after`` (seconds), ``code``, ``message``."""
-        status = int(spec["status"])
-        default_code = {429: "SubscriptionRequestsThrottled", 409: "AnotherOperationInProgress",
-                        412: "PreconditionFailed",
-                        500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable",
-                        504: "GatewayTimeout"}.get(status, "LabInjectedFault")
+        """``spec``: ``method`` (or ``*``), ``path`` (regex searched in the request path), ``count`` (default 1), and
+        either ``status`` with optional ``retry_after`` (seconds), ``code`` and ``message`` (an error answer), or
+        ``"reset": true`` (no answer: the connection is dropped with a TCP RST once the request is read, as by a
+        load balancer or a backend that crashed; the client sees ECONNRESET, azure-core a ``ServiceResponseError``).
+        ``ValueError`` / ``KeyError`` / ``re.error`` for a bad spec."""
+        reset = bool(spec.get("reset"))
+        status = None if reset else int(spec["status"])
+        default_code = "ConnectionReset" if reset else {
+            429: "SubscriptionRequestsThrottled", 409: "AnotherOperationInProgress", 412: "PreconditionFailed",
+            500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable",
+            504: "GatewayTimeout"}.get(status, "LabInjectedFault")
         fault = {"id": str(uuid.uuid4()), "method": spec.get("method", "*").upper(), "path": spec.get("path", ""),
-                 "status": status, "count": int(spec.get("count", 1)), "retry_after": spec.get("retry_after"),
-                 "code": spec.get("code") or default_code, "message": spec.get("message")}
+                 "status": status, "reset": reset, "count": int(spec.get("count", 1)),
+                 "retry_after": spec.get("retry_after"), "code": spec.get("code") or default_code,
+                 "message": spec.get("message")}
+        if fault["count"] < 1:
+            raise ValueError("count must be at least 1")
         re.compile(fault["path"])
         with self._lock:
             self._faults.append(fault)
         return fault
 
     def clear_faults(self) -> None:
+        """Forget the pending faults and the record of the served ones."""
         with self._lock:
             self._faults.clear()
+            self._served.clear()
 
     def faults(self) -> list[dict]:
+        """The faults still to serve (a fault leaves this list when its ``count`` is used up)."""
         with self._lock:
             return copy.deepcopy(self._faults)
+
+    def served_faults(self) -> list[dict]:
+        """One entry per request answered by a fault, in order: ``{id, code, status, reset, method, path, retried}``,
+        ``path`` the request's, ``retried`` whether the same method and path came again afterwards (a client retry)."""
+        with self._lock:
+            return copy.deepcopy(self._served)
 
     def add_grant_fault(self, spec: dict) -> dict:
         """A grant removed in the database, as by a DBA or a drift tool between the grant phase and verify: at every
@@ -836,8 +878,10 @@ class ArmState:
             return [dict(fault) for fault in self._grant_faults
                     if server in (None, fault["server"]) and role in (None, fault["role"])]
 
-    def take_fault(self, method: str, path: str) -> ArmError | None:
-        """The error to answer instead of serving this request, when an injected fault matches (uses it up)."""
+    def take_fault(self, method: str, path: str, body: bytes = b"") -> ArmError | ConnectionReset | None:
+        """What to answer instead of serving this request, when an injected fault matches (uses it up): an
+        :class:`ArmError`, or :class:`ConnectionReset` for no answer at all. ``{principal_id}`` in a fault's message
+        becomes the request body's ``properties.principalId`` (role assignments name their principal there)."""
         with self._lock:
             for fault in self._faults:
                 if fault["method"] in ("*", method) and re.search(fault["path"], path, re.IGNORECASE):
@@ -845,8 +889,14 @@ class ArmState:
                     if fault["count"] <= 0:
                         self._faults.remove(fault)
                     self.counters["faulted"] += 1
+                    self._served.append({"id": fault["id"], "code": fault["code"], "status": fault["status"],
+                                         "reset": fault["reset"], "method": method, "path": path, "retried": False})
+                    if fault["reset"]:
+                        return ConnectionReset(fault["code"])
                     headers = {}
                     message = fault["message"] or f"Injected by the lab: {fault['code']}."
+                    if "{principal_id}" in message:
+                        message = message.replace("{principal_id}", _principal_of(body))
                     if fault["retry_after"] is not None:
                         headers["Retry-After"] = str(fault["retry_after"])
                         if fault["status"] == 429 and not fault["message"]:
@@ -1777,7 +1827,9 @@ class ArmHandler(JsonHandler):
             if not self.query.get("api-version"):
                 raise ArmError(400, "MissingApiVersionParameter",
                                "The api-version query parameter (?api-version=) is required for all requests.")
-            fault = state.take_fault(self.command, self.route)
+            fault = state.take_fault(self.command, self.route, body)
+            if isinstance(fault, ConnectionReset):
+                return self.reset_connection()
             if fault is not None:
                 raise fault
             self.refuse_if_locked(state)
@@ -2078,10 +2130,10 @@ class ArmHandler(JsonHandler):
             return 200, state.counters_snapshot()
         if route == "/lab/faults":
             if method == "GET":
-                return 200, {"value": state.faults()}
+                return 200, {"value": state.faults(), "served": state.served_faults()}
             if method == "DELETE":
                 state.clear_faults()
-                return 200, {"value": []}
+                return 200, {"value": [], "served": []}
             if method == "POST":
                 try:
                     return 201, state.add_fault(json.loads(body or b"{}"))

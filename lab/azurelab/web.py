@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
+import struct
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,6 +94,14 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if data and self.command != "HEAD":
             self.wfile.write(data)
+
+    def reset_connection(self) -> None:
+        """Answer nothing: close the connection with a TCP RST (``SO_LINGER`` 0, no TLS close_notify), as a load
+        balancer or a crashed backend does. The client's read fails with ECONNRESET."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        log.info("%s %s %s reset", type(self).__name__, self.command, self.route)
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's signature
         log.info("%s %s", type(self).__name__, format % args)

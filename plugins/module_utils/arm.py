@@ -18,6 +18,14 @@ from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values
 RETRY_TOTAL = 8
 RETRY_BACKOFF_FACTOR = 0.8
 RETRY_BACKOFF_MAX_S = 60
+# The methods sent again after a connection reset or a lost answer, and on 408/429/502 without Retry-After.
+# azure-core retries HEAD, GET, PUT, DELETE, OPTIONS and TRACE only, so a PATCH whose connection was reset failed the
+# module. Every PATCH this collection sends sets absolute values (identity maps, authConfig, disableLocalAuth, tags,
+# app settings, container env), so sending it twice changes nothing; POST stays out (regenerateKey is not idempotent).
+RETRY_METHODS = frozenset(["HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"])
+# Keyword arguments for an SDK call of a POST action that only reads (listKeys, listClusterUserCredential,
+# config/appsettings/list): sending it again is harmless, so it is retried like a GET.
+READ_ONLY_POST = {"retry_on_methods": RETRY_METHODS | frozenset(["POST"])}
 
 _CLIENTS = {
     # name: (module, class)
@@ -61,17 +69,33 @@ class ArmClients:
     def _build(self, module_name, class_name):
         import importlib  # pylint: disable=import-outside-toplevel
 
-        from azure.core.pipeline.policies import RetryPolicy  # pylint: disable=import-outside-toplevel
-
         client_class = getattr(importlib.import_module(module_name), class_name)
         return client_class(
             credential=self._credential,
             subscription_id=self._subscription_id,
             base_url=self._cloud.resource_manager,
             credential_scopes=[self._cloud.scope("resource_manager")],
-            retry_policy=RetryPolicy(retry_total=RETRY_TOTAL, retry_backoff_factor=RETRY_BACKOFF_FACTOR,
-                                     retry_backoff_max=RETRY_BACKOFF_MAX_S),
+            retry_policy=retry_policy(),
         )
+
+
+def retry_policy():
+    """The azure-core ``RetryPolicy`` of every client: azure-core's (429/5xx with exponential backoff, Retry-After
+    honoured, connection errors retried) with :data:`RETRY_TOTAL` attempts, waits capped at
+    :data:`RETRY_BACKOFF_MAX_S` seconds, and :data:`RETRY_METHODS` (PATCH added) as the methods retried, unless a call passes its own
+    (:data:`READ_ONLY_POST`)."""
+    from azure.core.pipeline.policies import RetryPolicy  # pylint: disable=import-outside-toplevel
+
+    class ArmRetryPolicy(RetryPolicy):
+        def configure_retries(self, options):
+            chosen = "retry_on_methods" in options  # a call's own choice (READ_ONLY_POST) wins
+            settings = super(ArmRetryPolicy, self).configure_retries(options)
+            if not chosen:
+                settings["methods"] = RETRY_METHODS
+            return settings
+
+    return ArmRetryPolicy(retry_total=RETRY_TOTAL, retry_backoff_factor=RETRY_BACKOFF_FACTOR,
+                          retry_backoff_max=RETRY_BACKOFF_MAX_S)
 
 
 def resource_id(subscription_id, resource_group, namespace, resource_type, name):

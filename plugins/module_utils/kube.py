@@ -23,6 +23,7 @@ import os
 import re
 import tempfile
 
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import READ_ONLY_POST
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
 
 # The doc fragment csa_inabox.managed_identity.kubernetes.
@@ -64,7 +65,7 @@ def _aks_kubeconfig(mod):
     params = mod.params
     try:
         result = mod.clients.aks.managed_clusters.list_cluster_user_credentials(
-            params["cluster_resource_group"], params["cluster_name"], format="exec")
+            params["cluster_resource_group"], params["cluster_name"], format="exec", **READ_ONLY_POST)
     except Exception as exc:  # the SDK's HttpResponseError family
         mod.fail("could not list the user kubeconfig of AKS cluster %s in %s"
                  % (params["cluster_name"], params["cluster_resource_group"]), exc)

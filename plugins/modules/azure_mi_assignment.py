@@ -124,7 +124,7 @@ app_settings_changed:
 """
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import (
-    as_dict, parse_resource_id, resource_group_problem, resource_name_problem)
+    READ_ONLY_POST, as_dict, parse_resource_id, resource_group_problem, resource_name_problem)
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import KNOWN_AFTER_APPLY, MIModule
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.locks import status_of
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import shown
@@ -179,8 +179,8 @@ class AppService(Workload):
         self.mod.clients.web.web_apps.update(self.rg, self.name, {"identity": identity})
 
     def settings(self):
-        return dict((as_dict(self.mod.clients.web.web_apps.list_application_settings(self.rg, self.name)) or {})
-                    .get("properties") or {})
+        listed = self.mod.clients.web.web_apps.list_application_settings(self.rg, self.name, **READ_ONLY_POST)
+        return dict((as_dict(listed) or {}).get("properties") or {})
 
     def write_settings(self, settings):
         self.mod.clients.web.web_apps.update_application_settings(self.rg, self.name, {"properties": settings})

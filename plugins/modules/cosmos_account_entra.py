@@ -40,6 +40,12 @@ options:
     type: list
     elements: str
     default: []
+  busy_timeout:
+    description:
+      - Seconds to wait for other writes on the account (this control node's lock, then Cosmos DB's 412 "another
+        operation in progress" or 409 answers, which are retried).
+    type: int
+    default: 120
 extends_documentation_fragment:
   - csa_inabox.managed_identity.cosmos
   - csa_inabox.managed_identity.azure
@@ -115,6 +121,7 @@ def main():
         disable_local_auth=dict(type="bool"),
         regenerate_keys=dict(type="bool", default=False),
         applications_using_keys=dict(type="list", elements="str", default=[], no_log=False),
+        busy_timeout=dict(type="int", default=120),
     ))
     params = mod.params
     rg, name = params["resource_group"], params["account_name"]
@@ -129,6 +136,8 @@ def main():
     problem = cosmos.account_problem(params)
     if problem:
         mod.fail(problem)
+    if not 0 < params["busy_timeout"] <= 3600:
+        mod.fail("busy_timeout must be 1 to 3600 seconds, not %s" % params["busy_timeout"])
     if params["regenerate_keys"] and want is False:
         mod.fail("regenerate_keys=true with disable_local_auth=false: keys switched back on for applications would be "
                  "regenerated under them. Roll back without regenerate_keys")
@@ -153,7 +162,8 @@ def main():
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         for kind in KEY_KINDS:
             steps.append(("POST regenerateKey %s" % kind,
-                          lambda kind=kind: ops.begin_regenerate_key(rg, name, {"keyKind": kind}).result()))
+                          lambda kind=kind: write(mod, account, lambda: ops.begin_regenerate_key(
+                              rg, name, {"keyKind": kind}).result())))
         tags[TAG] = stamp
         regenerated_after = stamp if not mod.check_mode else KNOWN_AFTER_APPLY
     update = {}
@@ -170,12 +180,19 @@ def main():
         update["tags"] = tags
     if update:
         label = "PATCH disableLocalAuth=%s" % str(disabled_after).lower() if "properties" in update else "PATCH tags"
-        steps.append((label, lambda: ops.begin_update(rg, name, update).result()))
+        steps.append((label, lambda: write(mod, account, lambda: ops.begin_update(rg, name, update).result())))
     operations = mod.apply_steps(steps, "Cosmos DB account %s" % name)
     mod.exit(bool(steps), before={"disable_local_auth": disabled, "keys_regenerated_at": regenerated},
              after={"disable_local_auth": disabled_after, "keys_regenerated_at": regenerated_after},
              disable_local_auth=disabled_after, keys_regenerated_at=regenerated_after,
              document_endpoint=props.get("documentEndpoint"), operations=operations)
+
+
+def write(mod, account, call):
+    """``call()`` under the account's lock (:class:`cosmos.AccountLock`), retried while Cosmos DB answers that another
+    write on the account is in progress (412 ``PreconditionFailed``, 409), for at most ``busy_timeout`` seconds."""
+    with cosmos.AccountLock(account["id"], mod.params["busy_timeout"]):
+        return cosmos.retry(call, cosmos.is_busy, mod.params["busy_timeout"])
 
 
 if __name__ == "__main__":

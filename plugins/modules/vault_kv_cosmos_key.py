@@ -71,7 +71,7 @@ operations:
 import hmac
 
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils import cosmos, vault
-from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import as_dict
+from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.arm import READ_ONLY_POST, as_dict
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.base import MIModule
 from ansible_collections.csa_inabox.managed_identity.plugins.module_utils.values import has_control
 
@@ -85,7 +85,7 @@ def read_key(mod):
 
     rg, name = mod.params["resource_group"], mod.params["account_name"]
     try:
-        keys = as_dict(mod.clients.cosmos.database_accounts.list_keys(rg, name))
+        keys = as_dict(mod.clients.cosmos.database_accounts.list_keys(rg, name, **READ_ONLY_POST))
     except ResourceNotFoundError as exc:
         mod.fail("Cosmos DB account %s was not found in resource group %s" % (name, rg), exc)
     except Exception as exc:

@@ -8,6 +8,7 @@ environment file, against ``inventories/lab`` (which follows ``LAB_PORT_BASE`` /
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,7 +17,9 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import socket
+import sqlite3
 import ssl
 import stat
 import subprocess
@@ -27,6 +30,8 @@ import urllib.request
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VENV_BIN = pathlib.Path(sys.executable).parent
 COLLECTIONS = VENV_BIN.parent / "collections"  # where `make venv` links this working tree as the collection
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+TASK = re.compile(r"^TASK \[(?:[\w-]+\.[\w-]+\.)?([\w-]+) : ")  # the role a TASK header names
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+")
 # The default lab (LAB_PORT_BASE 47000) and the shared ones: never taken by a test lab, even while they are down.
 RESERVED_PORTS = range(46000, 47100)
@@ -169,6 +174,160 @@ def running_lab(topology: pathlib.Path | None = None):
         subprocess.run([sys.executable, "-m", "azurelab", "down"], cwd=REPO, capture_output=True, timeout=60,
                        env=lab_env, check=False)
         shutil.rmtree(state, ignore_errors=True)
+
+
+# ----- watching and killing playbook runs, and reading outcomes in the lab (test_fleet.py, tests/chaos) -----
+
+
+def recap(output: str) -> dict:
+    return {host: {"changed": int(c), "failed": int(f), "unreachable": int(u)}
+            for host, _ok, c, u, f in RECAP.findall(output)}
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (Ansible's workers start sessions of their own: a process group is not enough)."""
+    children: dict[int, list[int]] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def kill_tree(pids: list[int], sig) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def watch_playbook(lab: RunningLab, inventory: str, playbook: str = "playbooks/migrate.yml", kill_when=None,
+                   sig=signal.SIGKILL, timeout: float = 900) -> tuple[int, str, bool]:
+    """Run ``playbook`` on ``inventory`` with the lab's environment, watching its output line by line;
+    ``kill_when(role, line, state)`` returning True kills ansible-playbook and every process under it with ``sig``
+    (``state``: ``{"role": the role of the current TASK header, "changed": {role: changed results so far}}``).
+    Returns the exit status, the whole output and whether it was killed. Fails if a secret of the lab was printed."""
+    env = dict(lab.env, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", inventory, playbook], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines, state, killed, tree = [], {"role": None, "changed": {}}, False, []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            header = TASK.match(line)
+            if header:
+                state["role"] = header.group(1)
+            elif line.startswith("changed: [") and state["role"]:
+                state["changed"][state["role"]] = state["changed"].get(state["role"], 0) + 1
+            if kill_when and not killed and kill_when(state["role"], line, state):
+                tree = process_tree(process.pid)
+                kill_tree(tree, sig)
+                killed = True
+        status = process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            tree = process_tree(process.pid)
+            kill_tree(tree, signal.SIGKILL)
+            process.wait()
+        kill_tree(tree[1:], signal.SIGKILL)  # a worker that outlived its controller would wait forever
+    output = "".join(lines)
+    lab.assert_no_secret_in(output)
+    return status, output, killed
+
+
+def kinds(fleet, *wanted: str) -> list[str]:
+    """The fleet's applications of these database types (``postgres``, ``sql``, ``cosmos``)."""
+    return [name for name, host in fleet["hosts"].items() if host["mi_databases"][0]["type"] in wanted]
+
+
+def arm_servers(lab) -> dict:
+    """Resource name -> properties, for the servers and accounts of the ARM double."""
+    types = ("Microsoft.DBforPostgreSQL/flexibleServers", "Microsoft.Sql/servers",
+             "Microsoft.DocumentDB/databaseAccounts")
+    return {r["name"]: r["properties"] for r in lab.lab_api("GET", "state")["resources"] if r["type"] in types}
+
+
+def entra_only(properties: dict) -> bool:
+    return bool((properties.get("administrators") or {}).get("azureADOnlyAuthentication"))
+
+
+def password_login(lab, server: str) -> str:
+    """``accepted`` or ``refused``: the lab probe tries the server admin's password (the account key for Cosmos DB)."""
+    run = lab.lab("azurelab.probe", "password-login", server)
+    lab.assert_no_secret_in(run.stdout + run.stderr)
+    return json.loads(run.stdout)["password_login"]
+
+
+def superuser(lab, dbname="appdb"):
+    import psycopg
+
+    return psycopg.connect(host=str(lab.state / "pg" / "run"), dbname=dbname, user="postgres")
+
+
+def missing_pg_grants(lab, fleet) -> list[str]:
+    """Every table, sequence and schema privilege the inventory lists that the principal lacks in the real catalog."""
+    missing = []
+    with superuser(lab) as conn:
+        for app in kinds(fleet, "postgres"):
+            role = fleet["hosts"][app]["mi_identity"]["name"]
+            for grant in fleet["hosts"][app]["mi_databases"][0]["grants"]:
+                kind = grant["object_type"]
+                if kind == "database":
+                    objects, check = ["appdb"], "has_database_privilege"
+                elif kind == "schema":
+                    objects, check = [grant["schema"]], "has_schema_privilege"
+                else:
+                    relkind = "r" if kind == "table" else "S"
+                    objects = [f"{grant['schema']}.{name}" for name in grant.get("objects") or [row[0] for row in
+                               conn.execute("SELECT relname FROM pg_class WHERE relkind = %s AND relnamespace = "
+                                            "%s::regnamespace", (relkind, grant["schema"]))]]
+                    check = "has_table_privilege" if kind == "table" else "has_sequence_privilege"
+                for name in objects:
+                    for privilege in grant["privileges"]:
+                        if not conn.execute(f"SELECT {check}(%s, %s, %s)", (role, name, privilege)).fetchone()[0]:
+                            missing.append(f"{role}: {privilege} on {name}")
+    return missing
+
+
+def sql_roles(lab, server: str, database: str, user: str) -> list[str] | None:
+    """The roles ``user`` is a member of in the Azure SQL double's catalog (None: no such user)."""
+    from azurelab import sqlcatalog  # tests/conftest.py puts lab/ on the path
+
+    uri = (lab.state / "sql" / f"{server}.sqlite").as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        conn.create_collation(sqlcatalog.COLLATION, sqlcatalog.collate)  # names compare as SQL Server's do
+        found = conn.execute("SELECT p.database_id, p.principal_id FROM principals p JOIN databases d USING "
+                             "(database_id) WHERE d.name = ? AND p.name = ?", (database, user)).fetchone()
+        if found is None:
+            return None
+        return sorted(row[0] for row in conn.execute(
+            "SELECT r.name FROM role_members m JOIN principals r ON r.database_id = m.database_id AND "
+            "r.principal_id = m.role_principal_id WHERE m.database_id = ? AND m.member_principal_id = ?", found))
+
+
+def vault():
+    import hvac
+
+    return hvac
+
+
+def vault_client(lab):
+    return vault().Client(url=lab.env["VAULT_ADDR"], token=(lab.state / "openbao" / "token").read_text().strip())
+
+
+def vault_roles(lab) -> list[str]:
+    try:
+        return sorted(vault_client(lab).secrets.database.list_roles(mount_point="database")["data"]["keys"])
+    except vault().exceptions.InvalidPath:
+        return []
+
+
+def demo_app_mode(lab, app: str) -> str:
+    return json.loads((lab.state / "apps" / f"{app}.json").read_text())["mode"]
 
 
 SUBSCRIPTION = "2b6e3f4a-8c1d-4e9f-b7a2-5c0d9e8f1a23"

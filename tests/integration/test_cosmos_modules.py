@@ -198,6 +198,24 @@ def test_account_keys_regenerated_once_then_switched_off_and_on(lab, cosmos):
     assert cosmos.database_accounts.get(RG, ACCOUNT).disable_local_auth is False
 
 
+def test_account_writes_are_retried_while_the_account_is_busy(lab, cosmos):
+    """Cosmos DB's 412 "another operation in progress" on the account's PATCH and regenerateKey is waited out."""
+    entra = dict(account_name=ACCOUNT, resource_group=RG)
+    busy = "There is already an operation in progress which requires exclusive lock on this service."
+    lab.lab_api("DELETE", "faults")
+    for method, path in (("POST", "/regenerateKey$"), ("PATCH", "/databaseAccounts/cosmos-lab$")):
+        lab.lab_api("POST", "faults", {"method": method, "path": path, "status": 412, "count": 2,
+                                       "code": "PreconditionFailed", "message": busy})
+    try:
+        done = run_module(lab, "cosmos_account_entra", regenerate_keys=True, **entra)
+        faults = lab.lab_api("GET", "faults")
+    finally:
+        lab.lab_api("DELETE", "faults")
+    assert done["changed"] and not done["failed"], done
+    assert faults["value"] == [] and len(faults["served"]) == 4 and all(s["retried"] for s in faults["served"])
+    assert account_tags(cosmos)["csa-inabox-keys-regenerated"] == done["keys_regenerated_at"]
+
+
 def test_keys_stay_on_while_nobody_has_a_data_role(lab, cosmos):
     for found in assignments(cosmos):
         cosmos.sql_resources.begin_delete_sql_role_assignment(found.name, RG, ACCOUNT).result()

@@ -27,28 +27,23 @@ A rollback step (``playbooks/rollback.yml``, then the demo apps' "before" code w
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
-import psycopg
 import pytest
 import yaml
-from azurelab import sqlcatalog
 
-from labrunner import REPO, VENV_BIN, running_lab
+from labrunner import (REPO, VENV_BIN, arm_servers, demo_app_mode, entra_only, kinds, missing_pg_grants, password_login,
+                       recap, running_lab, sql_roles, vault_client, vault_roles, watch_playbook)
 
 FLEET_APPS = 20
 FAULTED_APP, FAULTED_ROLE = "fleet-005-pg", "mi-fleet-005-pg"  # read-write on schema orders
-RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-TASK = re.compile(r"^TASK \[(?:[\w-]+\.[\w-]+\.)?([\w-]+) : ")
 TIMINGS: dict[str, float] = {}
 SERVER_HOSTS = {"postgres/pg-lab", "sql/sql-lab", "sql/sql-lab-2", "sql/sql-fleet-3", "cosmos/cosmos-lab"}
 UNKNOWN_USER_SERVER = "sql-fleet-3"  # its one application's password user is taken out of the inventory
@@ -82,154 +77,17 @@ def lab(fleet):
     yield from running_lab(fleet["topology"])
 
 
-def recap(output: str) -> dict:
-    return {host: {"changed": int(c), "failed": int(f), "unreachable": int(u)}
-            for host, _ok, c, u, f in RECAP.findall(output)}
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants (Ansible's workers start sessions of their own: a process group is not enough)."""
-    children: dict[int, list[int]] = {}
-    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rpartition(")")[2].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
-
-
-def kill_tree(pids: list[int], sig) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
 def migrate(lab, fleet, name: str, kill_when=None, sig=signal.SIGKILL) -> tuple[int, str]:
-    """Run ``migrate.yml`` on the fleet, watching its output; ``kill_when(role, line, state)`` returning True kills its
-    whole process group with ``sig``. Returns the exit status and the output; records the wall time as ``name``."""
-    env = dict(lab.env, PYTHONUNBUFFERED="1")
+    """Run ``migrate.yml`` on the fleet (:func:`labrunner.watch_playbook`), killing it with ``sig`` when
+    ``kill_when(role, line, state)`` is True. Returns the exit status and the output; records the wall time as
+    ``name``."""
     started = time.monotonic()
-    process = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", fleet["inventory"], "playbooks/migrate.yml"],
-                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    lines, state, killed, tree = [], {"role": None, "changed": {}}, False, []
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            header = TASK.match(line)
-            if header:
-                state["role"] = header.group(1)
-            elif line.startswith("changed: [") and state["role"]:
-                state["changed"][state["role"]] = state["changed"].get(state["role"], 0) + 1
-            if kill_when and not killed and kill_when(state["role"], line, state):
-                tree = process_tree(process.pid)
-                kill_tree(tree, sig)
-                killed = True
-        status = process.wait(timeout=900)
-    finally:
-        if process.poll() is None:
-            tree = process_tree(process.pid)
-            kill_tree(tree, signal.SIGKILL)
-            process.wait()
-        kill_tree(tree[1:], signal.SIGKILL)  # a worker that outlived its controller would wait forever
+    status, output, killed = watch_playbook(lab, fleet["inventory"], kill_when=kill_when, sig=sig)
     TIMINGS[name] = time.monotonic() - started
-    output = "".join(lines)
-    lab.assert_no_secret_in(output)
     if kill_when:
         assert killed, f"{name}: the kill point never came:\n{output[-3000:]}"
         assert status != 0
     return status, output
-
-
-def kinds(fleet, *wanted: str) -> list[str]:
-    """The fleet's applications of these database types (``postgres``, ``sql``, ``cosmos``)."""
-    return [name for name, host in fleet["hosts"].items() if host["mi_databases"][0]["type"] in wanted]
-
-
-def arm(lab) -> dict:
-    """Resource name -> properties, for the servers and accounts of the ARM double."""
-    types = ("Microsoft.DBforPostgreSQL/flexibleServers", "Microsoft.Sql/servers",
-             "Microsoft.DocumentDB/databaseAccounts")
-    return {r["name"]: r["properties"] for r in lab.lab_api("GET", "state")["resources"] if r["type"] in types}
-
-
-def entra_only(properties: dict) -> bool:
-    return bool((properties.get("administrators") or {}).get("azureADOnlyAuthentication"))
-
-
-def password_login(lab, server: str) -> str:
-    """``accepted`` or ``refused``: the lab probe tries the server admin's password (the account key for Cosmos DB)."""
-    run = lab.lab("azurelab.probe", "password-login", server)
-    lab.assert_no_secret_in(run.stdout + run.stderr)
-    return json.loads(run.stdout)["password_login"]
-
-
-def superuser(lab, dbname="appdb"):
-    return psycopg.connect(host=str(lab.state / "pg" / "run"), dbname=dbname, user="postgres")
-
-
-def missing_pg_grants(lab, fleet) -> list[str]:
-    """Every table, sequence and schema privilege the inventory lists that the principal lacks in the real catalog."""
-    missing = []
-    with superuser(lab) as conn:
-        for app in kinds(fleet, "postgres"):
-            role = fleet["hosts"][app]["mi_identity"]["name"]
-            for grant in fleet["hosts"][app]["mi_databases"][0]["grants"]:
-                kind = grant["object_type"]
-                if kind == "database":
-                    objects, check = ["appdb"], "has_database_privilege"
-                elif kind == "schema":
-                    objects, check = [grant["schema"]], "has_schema_privilege"
-                else:
-                    relkind = "r" if kind == "table" else "S"
-                    objects = [f"{grant['schema']}.{name}" for name in grant.get("objects") or [row[0] for row in
-                               conn.execute("SELECT relname FROM pg_class WHERE relkind = %s AND relnamespace = "
-                                            "%s::regnamespace", (relkind, grant["schema"]))]]
-                    check = "has_table_privilege" if kind == "table" else "has_sequence_privilege"
-                for name in objects:
-                    for privilege in grant["privileges"]:
-                        if not conn.execute(f"SELECT {check}(%s, %s, %s)", (role, name, privilege)).fetchone()[0]:
-                            missing.append(f"{role}: {privilege} on {name}")
-    return missing
-
-
-def sql_roles(lab, server: str, database: str, user: str) -> list[str] | None:
-    """The roles ``user`` is a member of in the Azure SQL double's catalog (None: no such user)."""
-    uri = (lab.state / "sql" / f"{server}.sqlite").as_uri() + "?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-        conn.create_collation(sqlcatalog.COLLATION, sqlcatalog.collate)  # names compare as SQL Server's do
-        found = conn.execute("SELECT p.database_id, p.principal_id FROM principals p JOIN databases d USING "
-                             "(database_id) WHERE d.name = ? AND p.name = ?", (database, user)).fetchone()
-        if found is None:
-            return None
-        return sorted(row[0] for row in conn.execute(
-            "SELECT r.name FROM role_members m JOIN principals r ON r.database_id = m.database_id AND "
-            "r.principal_id = m.role_principal_id WHERE m.database_id = ? AND m.member_principal_id = ?", found))
-
-
-def vault():
-    import hvac
-
-    return hvac
-
-
-def vault_client(lab):
-    return vault().Client(url=lab.env["VAULT_ADDR"], token=(lab.state / "openbao" / "token").read_text().strip())
-
-
-def vault_roles(lab) -> list[str]:
-    try:
-        return sorted(vault_client(lab).secrets.database.list_roles(mount_point="database")["data"]["keys"])
-    except vault().exceptions.InvalidPath:
-        return []
-
-
-def demo_app_mode(lab, app: str) -> str:
-    return json.loads((lab.state / "apps" / f"{app}.json").read_text())["mode"]
 
 
 def test_the_fleet_spans_the_four_parts(lab, fleet):
@@ -266,7 +124,7 @@ def test_a_run_killed_during_cutover(lab, fleet):
         return role == "cutover" and state["changed"].get("cutover", 0) >= 1
 
     migrate(lab, fleet, "run 3 (killed in cutover)", switching, signal.SIGKILL)
-    servers = arm(lab)
+    servers = arm_servers(lab)
     assert servers["pg-lab"]["authConfig"]["passwordAuth"] == "Enabled"
 
 
@@ -280,7 +138,7 @@ def test_an_application_whose_grant_is_gone_keeps_its_server_out_of_cutover(lab,
     assert all(host["failed"] == 0 and host["unreachable"] == 0 for app, host in summary.items()
                if app != FAULTED_APP), summary
     assert "permission denied for table orders" in output
-    servers = arm(lab)
+    servers = arm_servers(lab)
     assert servers["pg-lab"]["authConfig"]["passwordAuth"] == "Enabled"
     assert password_login(lab, "pg-lab") == "accepted"
     for server in ("sql-lab", "sql-lab-2"):
@@ -330,7 +188,7 @@ def test_a_plain_rerun_converges_with_every_application_verified(lab, fleet):
     assignments = [r["properties"]["principalId"] for r in lab.lab_api("GET", "state")["resources"]
                    if r["type"] == "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments"]
     assert sorted(assignments) == sorted(report[app]["identity"]["principal_id"] for app in kinds(fleet, "cosmos"))
-    servers = arm(lab)
+    servers = arm_servers(lab)
     assert servers["pg-lab"]["authConfig"]["passwordAuth"] == "Disabled" and password_login(lab, "pg-lab") == "refused"
     assert all(entra_only(servers[s]) for s in ("sql-lab", "sql-lab-2", "sql-fleet-3"))
     assert password_login(lab, UNKNOWN_USER_SERVER) == "refused"
@@ -357,7 +215,7 @@ def test_rollback_restores_password_and_key_login_and_the_vault_roles(lab, fleet
     lab.assert_no_secret_in(run.stdout + run.stderr)
     assert run.returncode == 0, run.stdout[-4000:]
     assert all(host["failed"] == 0 for host in recap(run.stdout).values())
-    servers = arm(lab)
+    servers = arm_servers(lab)
     assert servers["pg-lab"]["authConfig"]["passwordAuth"] == "Enabled" and password_login(lab, "pg-lab") == "accepted"
     assert not any(entra_only(servers[s]) for s in ("sql-lab", "sql-lab-2", "sql-fleet-3"))
     assert servers["cosmos-lab"]["disableLocalAuth"] is False

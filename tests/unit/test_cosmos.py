@@ -191,3 +191,36 @@ def test_names_cosmos_cannot_have(name):
 @pytest.mark.parametrize("name", ["appdb", "App DB", "ünï", "a]b", 'a"b', "a;b", "x" * 255])
 def test_names_cosmos_can_have(name):
     assert cosmos.name_problem(name) is None
+
+
+def test_cosmos_account_entra_writes_wait_while_the_account_is_busy():
+    """A 412 "another operation in progress" on the account PATCH (or regenerateKey) is retried under the account's
+    lock; it failed the module before (make chaos found it)."""
+    from azure.core.exceptions import HttpResponseError
+
+    from ansible_collections.csa_inabox.managed_identity.plugins.modules import cosmos_account_entra
+
+    class Module:
+        params = {"busy_timeout": 10}
+
+    answers = []
+
+    def patch():
+        answers.append(time.monotonic())
+        if len(answers) <= 2:
+            busy = HttpResponseError(message="PreconditionFailed: There is already an operation in progress which "
+                                             "requires exclusive lock on this service.")
+            busy.status_code = 412
+            raise busy
+        return "done"
+
+    assert cosmos_account_entra.write(Module(), {"id": ACCOUNT}, patch) == "done"
+    assert len(answers) == 3 and answers[2] - answers[0] >= 2.5  # waited 1 s, then 2 s
+
+    def refused():
+        error = HttpResponseError(message="BadRequest: disableLocalAuth is not a boolean")
+        error.status_code = 400
+        raise error
+
+    with pytest.raises(HttpResponseError):
+        cosmos_account_entra.write(Module(), {"id": ACCOUNT}, refused)

@@ -286,6 +286,39 @@ def test_throttling_is_retried_and_counted(control_plane):
     assert control_plane.lab_api("GET", "counters")["PATCH"] == 2
 
 
+def test_a_reset_fault_answers_nothing_and_the_sdk_retries(control_plane):
+    """``"reset": true`` drops the connection without an HTTP answer (a raw client sees the connection end, not a
+    status line); azure-core retries a GET after it, and ``served`` records the request and its retry."""
+    import http.client
+    import ssl
+
+    identity = new_identity(control_plane)
+    control_plane.lab_api("DELETE", "faults")
+    path = f"userAssignedIdentities/{identity['name']}$"
+    fault = control_plane.lab_api("POST", "faults", {"method": "GET", "path": path, "reset": True, "count": 1})
+    assert (fault["reset"], fault["status"], fault["code"]) == (True, None, "ConnectionReset")
+    token = control_plane.operator_credential().get_token(ARM_SCOPE).token
+    raw = http.client.HTTPSConnection("127.0.0.1", control_plane.ports.arm, timeout=5,
+                                      context=ssl.create_default_context(cafile=str(control_plane.paths.ca_bundle)))
+    raw.request("GET", identity["id"] + "?api-version=2023-01-31", headers={"Authorization": f"Bearer {token}"})
+    with pytest.raises((ConnectionResetError, http.client.RemoteDisconnected)):
+        raw.getresponse()
+    raw.close()
+    served = control_plane.lab_api("GET", "faults")
+    assert served["value"] == [] and [(s["method"], s["reset"], s["retried"]) for s in served["served"]] == [
+        ("GET", True, False)]
+
+    control_plane.lab_api("POST", "faults", {"method": "GET", "path": path, "reset": True, "count": 2})
+    msi = control_plane.client(ManagedServiceIdentityClient)
+    assert msi.user_assigned_identities.get(RG_APPS, identity["name"]).principal_id == identity["principal_id"]
+    served = control_plane.lab_api("GET", "faults")
+    assert served["value"] == [] and [s["retried"] for s in served["served"]] == [True, True, True]
+    assert control_plane.lab_api("DELETE", "faults") == {"value": [], "served": []}
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        control_plane.lab_api("POST", "faults", {"path": path, "reset": True, "count": 0})
+    assert bad.value.code == 400
+
+
 def test_grant_faults_are_set_listed_and_cleared_through_the_lab_api(control_plane):
     fault = control_plane.lab_api("POST", "grant-faults", {"server": PG, "role": "mi-orders-api", "schema": "orders"})
     wanted = {"server": PG, "role": "mi-orders-api", "schema": "orders"}
