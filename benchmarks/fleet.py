@@ -157,25 +157,28 @@ def import_costs() -> dict[str, float]:
 BASELINES = {"tutorial (az, psql, pyodbc)": "baseline_az", "azure.azcollection": "baseline_azcollection"}
 
 
-def baseline_runs(topology: pathlib.Path, apps: int, work: pathlib.Path) -> dict:
-    """Each of :data:`BASELINES` on a fresh lab of the fleet at ``topology``."""
+def baseline_runs(topology: pathlib.Path, apps: int, work: pathlib.Path, measured: dict, checkpoint) -> None:
+    """Each of :data:`BASELINES` on a fresh lab of the fleet at ``topology``, into ``measured`` (label -> result);
+    ``checkpoint()`` after each."""
     import importlib  # pylint: disable=import-outside-toplevel
 
     sys.path.insert(0, str(HERE))
-    results = {}
     for label, module in BASELINES.items():
         lab_run = running_lab(topology)
         lab = next(lab_run)
         try:
-            results[label] = importlib.import_module(module).run(lab, topology, work / f"{module}-{apps}")
+            measured[label] = importlib.import_module(module).run(lab, topology, work / f"{module}-{apps}")
         finally:
             next(lab_run, None)
-        print(f"N={apps}: {label} {results[label]['wall_s']} s (status {results[label]['status']})", flush=True)
-    return results
+        print(f"N={apps}: {label} {measured[label]['wall_s']} s (status {measured[label]['status']})", flush=True)
+        checkpoint()
 
 
-def bench(sizes: list[int], repeat: int, work: pathlib.Path, baseline_sizes: tuple[int, ...] = ()) -> dict:
-    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "fleets": []}
+def bench(sizes: list[int], repeat: int, work: pathlib.Path, baseline_sizes: tuple[int, ...] = (),
+          checkpoint=lambda results: None) -> dict:
+    """Measure every size (and the baselines at ``baseline_sizes``); ``checkpoint(results)`` after each fleet and each
+    baseline, so that a bench stopped half-way still leaves what it measured."""
+    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "fleets": [], "complete": False}
     for apps in sizes:
         topology = generate(apps, work / f"fleet-{apps}")
         runs = []
@@ -196,8 +199,11 @@ def bench(sizes: list[int], repeat: int, work: pathlib.Path, baseline_sizes: tup
         results["fleets"].append({"applications": apps, "runs": runs,
                                   "first_wall_s": statistics.median(r["first"]["wall_s"] for r in runs),
                                   "again_wall_s": statistics.median(r["again"]["wall_s"] for r in runs)})
+        checkpoint(results)
         if apps in baseline_sizes:
-            results["fleets"][-1]["baselines"] = baseline_runs(topology, apps, work)
+            results["fleets"][-1]["baselines"] = {}
+            baseline_runs(topology, apps, work, results["fleets"][-1]["baselines"], lambda: checkpoint(results))
+    results["complete"] = True
     return results
 
 
@@ -293,6 +299,9 @@ def profile_section(results: dict, top: int = 12) -> list[str]:
 def write_report(results: dict) -> None:
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Fleet benchmark", "", "Written by `make bench` (benchmarks/fleet.py); medians where runs repeat.", "",
+             *([] if results.get("complete", True) else
+               ["**Partial**: the bench was stopped before it measured every size and baseline it was asked for; "
+                "this is what it had measured by then.", ""]),
              f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}.", "",
              "| N | first run (s) | CPU (s) | ARM GET | ARM writes | tokens | DB sessions | DB round trips "
              "| re-run (s) | re-run ARM GET | re-run ARM writes | re-run GETs per object read (mean / max) "
@@ -350,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fleet sizes that also run the baselines (none: --baseline-sizes with no value)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mi-bench-") as work:
-        results = bench(args.sizes, args.repeat, pathlib.Path(work), tuple(args.baseline_sizes))
+        results = bench(args.sizes, args.repeat, pathlib.Path(work), tuple(args.baseline_sizes), write_report)
     write_report(results)
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0
