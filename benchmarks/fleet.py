@@ -306,8 +306,9 @@ def reading_section(results: dict) -> list[str]:
     lines = ["", "## Reading the numbers", "",
              f"- migrate.yml's cost is Ansible's cost per task execution: {executions} executions for "
              f"{largest['applications']} applications ({executions / largest['applications']:.1f} each), "
-             f"{first['cpu_s'] / executions:.2f} CPU-s each on average, and the run is CPU-bound on this machine's "
-             f"{results['machine']['cpus']} cores ({first['cpu_s']} CPU-s in {largest['first_wall_s']} s). Each "
+             f"{first['cpu_s'] / executions:.2f} CPU-s each on average; the run kept "
+             f"{first['cpu_s'] / (largest['first_wall_s'] * results['machine']['cpus']):.0%} of this machine's "
+             f"{results['machine']['cpus']} cores busy ({first['cpu_s']} CPU-s in {largest['first_wall_s']} s). Each "
              "execution is a fresh Python process (AnsiballZ) that imports its SDKs and asks for its own token, so "
              "fewer executions per application is the lever, not faster requests: the lab answers an ARM request in "
              "milliseconds.",
@@ -319,7 +320,7 @@ def reading_section(results: dict) -> list[str]:
              "read; per-application objects are read once or twice."]
     if "module" in results:
         imports = results["module"].get("imports", {})
-        lines.append(f"- A module process: {results['module']['wall_s']} s, of which its imports alone are most "
+        lines.append(f"- A module process: {results['module']['wall_s']} s in all; its imports alone "
                      f"(`azure.identity` {imports.get('azure.identity', '?')} s, `ansible.module_utils.basic` "
                      f"{imports.get('ansible.module_utils.basic', '?')} s, each in a fresh interpreter); the modules "
                      "already import only the SDK they use, and azure-identity pulls in MSAL and cryptography "
