@@ -351,6 +351,7 @@ def write_report(results: dict) -> None:
                ["**Partial**: the bench was stopped before it measured every size and baseline it was asked for; "
                 "this is what it had measured by then.", ""]),
              f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}.", "",
+             *[f"Note: {note}" for note in results.get("notes", [])], *([""] if results.get("notes") else []),
              "| N | first run (s) | CPU (s) | ARM GET | ARM writes | tokens | DB sessions | DB round trips "
              "| re-run (s) | re-run ARM GET | re-run ARM writes | re-run GETs per object read (mean / max) "
              "| re-run changed |",
