@@ -330,8 +330,9 @@ def reading_section(results: dict) -> list[str]:
              "run: every phase checks its own objects again, in its own module process, before it decides there is "
              "nothing to do. The objects read more than once are the servers and accounts "
              f"(most read: {again['reads_per_object']['most_read']}, {again['reads_per_object']['max']} times), read "
-             "by preflight, enable, cutover and the audit, each a separate process that cannot reuse what another "
-             "read; per-application objects are read once or twice."]
+             "by several phases (preflight, enable, cutover, the audit) and, a Cosmos DB account, by each "
+             "application's grant, each in a separate process that cannot reuse what another read; "
+             "per-application objects are read once or twice."]
     if "module" in results:
         imports = results["module"].get("imports", {})
         lines.append(f"- A module process: {results['module']['wall_s']} s in all; its imports alone "
