@@ -94,13 +94,15 @@ molecule: venv system-packages
 # Fleet benchmark (benchmarks/fleet.py): migrate.yml on generated lab fleets, first run and re-run, measured, and at
 # BENCH_BASELINE_SIZES the tutorial's az/psql/pyodbc script and the azure.azcollection playbook on fresh labs of the
 # same fleets (each baseline installs its own venv under benchmarks/ on first use: azure-cli, the `ansible` package);
-# writes benchmarks/RESULTS.md and fleet.png. BENCH_SIZES picks the fleet sizes. Needs GNU time.
+# writes benchmarks/RESULTS.md and fleet.png. BENCH_SIZES picks the fleet sizes. Needs GNU time. A bench split over
+# several sittings: BENCH_FLAGS=--merge keeps the sizes of benchmarks/results.json that this sitting does not measure.
 BENCH_SIZES ?= 10 50 100 500
 BENCH_BASELINE_SIZES ?= 10 50
+BENCH_FLAGS ?=
 bench: venv system-packages
 	@command -v /usr/bin/time >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y -qq time >/dev/null; }
 	$(BIN)/pip install -q -r benchmarks/requirements.txt
-	$(BIN)/python benchmarks/fleet.py --sizes $(BENCH_SIZES) --baseline-sizes $(BENCH_BASELINE_SIZES)
+	$(BIN)/python benchmarks/fleet.py --sizes $(BENCH_SIZES) --baseline-sizes $(BENCH_BASELINE_SIZES) $(BENCH_FLAGS)
 
 ## chaos: migrate.yml on a lab fleet of 10 under injected faults (429 + Retry-After, 500/503, connection resets, the
 ## federated credentials' 409, Cosmos DB's 412, a principal not replicated yet), then killed at seeded-random points

@@ -98,6 +98,7 @@ def playbook_run(lab, inventory: str, log: pathlib.Path) -> dict:
     env = dict(lab.env, ANSIBLE_CALLBACK_PLUGINS=str(HERE / "callback_plugins"), ANSIBLE_CALLBACKS_ENABLED="bench_profile",
                BENCH_PROFILE_OUT=str(profile))
     log_at = (lab.state / "logs" / "server.log").stat().st_size
+    load_before = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     with open(log, "w", encoding="utf-8") as output:
@@ -114,7 +115,7 @@ def playbook_run(lab, inventory: str, log: pathlib.Path) -> dict:
             "arm": lab.arm_counters(), "tokens": tokens, "reads_per_object": reads,
             "tasks": json.loads(profile.read_text()) if profile.exists() else {},
             "changed": sum(int(c) for _h, _o, c, _u, _f in recap), "failed": sum(int(f) for *_x, f in recap),
-            "hosts": len(recap)}
+            "hosts": len(recap), "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def module_start(lab, work: pathlib.Path) -> dict:
@@ -196,7 +197,7 @@ def bench(sizes: list[int], repeat: int, work: pathlib.Path, baseline_sizes: tup
             runs.append({"first": first, "again": again})
             print(f"N={apps}: first {first['wall_s']} s (status {first['status']}), re-run {again['wall_s']} s, "
                   f"re-run ARM writes {again['arm']['writes']}", flush=True)
-        results["fleets"].append({"applications": apps, "runs": runs,
+        results["fleets"].append({"applications": apps, "runs": runs, "measured_on": time.strftime("%Y-%m-%d"),
                                   "first_wall_s": statistics.median(r["first"]["wall_s"] for r in runs),
                                   "again_wall_s": statistics.median(r["again"]["wall_s"] for r in runs)})
         checkpoint(results)
@@ -355,8 +356,8 @@ def write_report(results: dict) -> None:
              *[f"Note: {note}" for note in results.get("notes", [])], *([""] if results.get("notes") else []),
              "| N | first run (s) | CPU (s) | ARM GET | ARM writes | tokens | DB sessions | DB round trips "
              "| re-run (s) | re-run ARM GET | re-run ARM writes | re-run GETs per object read (mean / max) "
-             "| re-run changed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| re-run changed | measured on (load, 1 min, before / after the first run) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fleet in results["fleets"]:
         first, again = fleet["runs"][0]["first"], fleet["runs"][0]["again"]
         reads = again["reads_per_object"]
@@ -364,7 +365,8 @@ def write_report(results: dict) -> None:
                      f"| {first['arm']['writes']} | {sum(first['tokens'].values())} | {database(first, 'sessions')} "
                      f"| {database(first, 'round_trips')} | {fleet['again_wall_s']} | {again['arm']['GET']} "
                      f"| {again['arm']['writes']} | {reads['mean']} / {reads['max']} ({reads['objects']} objects) "
-                     f"| {again['changed']} |")
+                     f"| {again['changed']} | {fleet.get('measured_on', '?')} "
+                     f"({' / '.join(str(load) for load in first.get('load_1min', ['?']))}) |")
     lines += baseline_section(results)
     lines += targets_section(results)
     lines += profile_section(results)
@@ -402,12 +404,27 @@ def write_report(results: dict) -> None:
     figure.savefig(HERE / "fleet.png", dpi=120)
 
 
+def merged(previous: dict, results: dict) -> dict:
+    """``results`` with the fleets of ``previous`` whose sizes it does not have, by size; its module measure, else the
+    previous one; the previous notes."""
+    measured = {fleet["applications"] for fleet in results["fleets"]}
+    fleets = [fleet for fleet in previous["fleets"] if fleet["applications"] not in measured] + results["fleets"]
+    combined = dict(results, fleets=sorted(fleets, key=lambda fleet: fleet["applications"]),
+                    notes=previous.get("notes", []))
+    if "module" not in results and "module" in previous:
+        combined["module"] = previous["module"]
+    return combined
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100, 500])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--baseline-sizes", type=int, nargs="*", default=[10, 50],
                         help="fleet sizes that also run the baselines (none: --baseline-sizes with no value)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the fleets of benchmarks/results.json that this run does not measure (a bench "
+                             "split over several sittings: each fleet records the day it was measured)")
     parser.add_argument("--report-only", action="store_true",
                         help="write RESULTS.md and the plot again from benchmarks/results.json, measuring nothing")
     args = parser.parse_args(argv)
@@ -415,9 +432,14 @@ def main(argv: list[str] | None = None) -> int:
         write_report(json.loads((HERE / "results.json").read_text()))
         print(f"wrote {HERE / 'RESULTS.md'}")
         return 0
+    previous = json.loads((HERE / "results.json").read_text()) if args.merge else None
+
+    def report(results: dict) -> None:
+        write_report(merged(previous, results) if previous else results)
+
     with tempfile.TemporaryDirectory(prefix="mi-bench-") as work:
-        results = bench(args.sizes, args.repeat, pathlib.Path(work), tuple(args.baseline_sizes), write_report)
-    write_report(results)
+        results = bench(args.sizes, args.repeat, pathlib.Path(work), tuple(args.baseline_sizes), report)
+    report(results)
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0
 
