@@ -343,6 +343,35 @@ def reading_section(results: dict) -> list[str]:
                      "whichever credential is used.")
     lines.append("- The baselines do less (see above) and send requests one by one; their cost is one `az` or module "
                  "process per step. migrate.yml runs up to `forks` (20) applications at once.")
+    lines += like_for_like(results)
+    return lines
+
+
+def like_for_like(results: dict) -> list[str]:
+    """At the largest fleet with baselines: our tutorial phases against each baseline, and the most a run can gain on
+    a serial script with this machine's cores and the measured CPU time (the bound the wall-time targets meet)."""
+    fleets = [fleet for fleet in results["fleets"] if fleet.get("baselines")]
+    if not fleets:
+        return []
+    fleet = fleets[-1]
+    apps, ours, cpus = fleet["applications"], fleet["runs"][0]["first"], results["machine"]["cpus"]
+    phases = phase_wall(ours)
+    lines = [f"- Like for like at N = {apps}: the tutorial's phases of migrate.yml ({', '.join(TUTORIAL_PHASES)}) took "
+             f"{phases} s of its {fleet['first_wall_s']} s; "
+             + "; ".join(f"{theirs['wall_s'] / phases:.2f}x faster than {label} ({theirs['wall_s']} s)"
+                         for label, theirs in fleet["baselines"].items())
+             + f". The other {fleet['first_wall_s'] - phases:.1f} s are what the baselines leave out (preflight, "
+             "verify: each login proven as the identity, evidence: the watch for Vault sessions, decommission, audit)."]
+    floor = ours["cpu_s"] / cpus  # no run of this CPU time is shorter on this many cores
+    bounds = []
+    for label, theirs in fleet["baselines"].items():
+        wanted = 5 if label.startswith("tutorial") else 2
+        bounds.append(f"at most {theirs['wall_s'] / floor:.2f}x faster than {label} ({theirs['wall_s']} s; measured "
+                      f"{theirs['wall_s'] / fleet['first_wall_s']:.2f}x; {wanted}x would need at most "
+                      f"{theirs['wall_s'] * cpus / (wanted * apps):.1f} CPU-s per application)")
+    lines.append(f"- CPU bounds the speed-up: migrate.yml spent {ours['cpu_s'] / apps:.1f} CPU-s per application, so "
+                 f"on {cpus} cores its first run of N = {apps} cannot take less than {floor:.0f} s, every core busy: "
+                 + "; ".join(bounds) + ".")
     return lines
 
 
