@@ -304,7 +304,7 @@ def _workload_problems(lab, by_type, children, workload: dict, identity: dict) -
 def _database_problems(lab, by_type, children, database: dict, role: str, client_id: str,
                        principal_id: str) -> list[str]:
     if database["type"] == "postgres":
-        return _pg_problems(lab, database, role, principal_id)
+        return _pg_problems(lab, database, role)
     if database["type"] == "sql":
         roles = _sql_roles(lab, database["server"], database["database"], role, client_id)
         missing = sorted(set(database["roles"]) - set(roles or []))
@@ -318,30 +318,14 @@ def _database_problems(lab, by_type, children, database: dict, role: str, client
     return [] if found else [f"no Cosmos DB {database['role']} assignment at {database['scope']}"]
 
 
-def _pg_problems(lab, database: dict, role: str, principal_id: str) -> list[str]:
-    import psycopg
+def _pg_problems(lab, database: dict, role: str) -> list[str]:
+    from labrunner import pg_privileges_missing, superuser
 
-    problems = []
-    with psycopg.connect(host=str(lab.state / "pg" / "run"), dbname=database["database"], user="postgres") as conn:
+    with superuser(lab, database["database"]) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
             return [f"PostgreSQL role {role} missing"]
-        for grant in database["grants"]:
-            kind = grant["object_type"]
-            if kind == "database":
-                objects, check = [database["database"]], "has_database_privilege"
-            elif kind == "schema":
-                objects, check = [grant["schema"]], "has_schema_privilege"
-            else:
-                relkind = "r" if kind == "table" else "S"
-                objects = [f"{grant['schema']}.{name}" for name in grant.get("objects") or [row[0] for row in
-                           conn.execute("SELECT relname FROM pg_class WHERE relkind = %s AND relnamespace = "
-                                        "%s::regnamespace", (relkind, grant["schema"]))]]
-                check = "has_table_privilege" if kind == "table" else "has_sequence_privilege"
-            for name in objects:
-                for privilege in grant["privileges"]:
-                    if not conn.execute(f"SELECT {check}(%s, %s, %s)", (role, name, privilege)).fetchone()[0]:
-                        problems.append(f"PostgreSQL {role}: no {privilege} on {name}")
-    return problems
+        missing = pg_privileges_missing(conn, database["database"], role, database["grants"])
+    return [f"PostgreSQL {problem}" for problem in missing]
 
 
 def _sql_roles(lab, server: str, database: str, user: str, client_id: str) -> list[str] | None:

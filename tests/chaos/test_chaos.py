@@ -43,8 +43,8 @@ import urllib.request
 import pytest
 import yaml
 
-from labrunner import (REPO, TASK, TENANT, arm_servers, entra_only, kinds, missing_pg_grants, password_login, recap,
-                       running_lab, sql_roles, watch_playbook)
+from labrunner import (REPO, TASK, TENANT, arm_servers, assert_fleet_converged, entra_only, password_login, recap,
+                       running_lab, watch_playbook)
 
 APPS = 10
 SEED = int(os.environ.get("CHAOS_SEED", "7"))
@@ -170,38 +170,18 @@ def assert_converged(lab, fleet, status: int, output: str) -> None:
     summary = recap(output)
     assert set(fleet["hosts"]) <= set(summary)
     assert all(host["failed"] == 0 and host["unreachable"] == 0 for host in summary.values()), summary
-    report = {entry["application"]: entry for entry in
-              json.loads((lab.state / "reports" / "migration-report.json").read_text())}
-    assert set(report) == set(fleet["hosts"])
-    verified = {}
-    for app, entry in report.items():
-        [db] = entry["databases"]
-        cosmos = fleet["hosts"][app]["mi_databases"][0]["type"] == "cosmos"  # no users: the token's principal
-        expected = entry["identity"]["principal_id"] if cosmos else fleet["hosts"][app]["mi_identity"]["name"]
-        assert db["login_verified_as"] == expected, (app, db)
-        assert entry["switched"] is True, app
-        server = fleet["hosts"][app]["mi_databases"][0].get("server") or fleet["hosts"][app]["mi_databases"][0].get(
-            "account")
-        verified.setdefault(server, []).append(db["login_verified_as"] == expected)
-    assert missing_pg_grants(lab, fleet) == []
-    for app in kinds(fleet, "sql"):
-        db = fleet["hosts"][app]["mi_databases"][0]
-        assert sql_roles(lab, db["server"], db["database"], fleet["hosts"][app]["mi_identity"]["name"]) == \
-            sorted(db["roles"]), app
-    assignments = sorted(r["properties"]["principalId"] for r in lab.lab_api("GET", "state")["resources"]
-                         if r["type"] == "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")
-    assert assignments == sorted(report[app]["identity"]["principal_id"] for app in kinds(fleet, "cosmos"))
+    assert_fleet_converged(lab, fleet)  # every application verified as its identity: every server it uses is closed
     servers = arm_servers(lab)
-    for server, apps_verified in verified.items():
-        closed = all(apps_verified)
+    for server in {db.get("server") or db.get("account") for host in fleet["hosts"].values()
+                   for db in host["mi_databases"]}:
         properties = servers[server]
         if "authConfig" in properties:
-            assert (properties["authConfig"]["passwordAuth"] == "Disabled") is closed, server
+            assert properties["authConfig"]["passwordAuth"] == "Disabled", server
         elif "disableLocalAuth" in properties:
-            assert properties["disableLocalAuth"] is closed, server
+            assert properties["disableLocalAuth"] is True, server
         else:
-            assert entra_only(properties) is closed, server
-        assert password_login(lab, server) == ("refused" if closed else "accepted"), server
+            assert entra_only(properties), server
+        assert password_login(lab, server) == "refused", server
     for app in fleet["hosts"]:
         if (fleet["apps"][app].get("workload") or {}).get("type") == "aks":
             continue  # verified in the cluster by the verify phase's Job (login_verified_as above)

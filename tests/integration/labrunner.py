@@ -187,10 +187,10 @@ def recap(output: str) -> dict:
 def process_tree(root: int) -> list[int]:
     """``root`` and its descendants (Ansible's workers start sessions of their own: a process group is not enough)."""
     children: dict[int, list[int]] = {}
-    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+    for proc_stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rpartition(")")[2].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+            fields = proc_stat.read_text().rpartition(")")[2].split()
+            children.setdefault(int(fields[1]), []).append(int(proc_stat.parent.name))
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -268,29 +268,63 @@ def superuser(lab, dbname="appdb"):
     return psycopg.connect(host=str(lab.state / "pg" / "run"), dbname=dbname, user="postgres")
 
 
-def missing_pg_grants(lab, fleet) -> list[str]:
-    """Every table, sequence and schema privilege the inventory lists that the principal lacks in the real catalog."""
+def pg_privileges_missing(conn, database: str, role: str, grants: list[dict]) -> list[str]:
+    """``"<role>: <privilege> on <object>"`` for each privilege in ``grants`` (the inventory's ``mi_databases[].grants``
+    shape) that ``role`` lacks in ``database``, read from the real catalog over ``conn`` (a superuser's psycopg connection
+    to that database). Tables and sequences with no ``objects`` listed mean every one in the schema."""
     missing = []
-    with superuser(lab) as conn:
-        for app in kinds(fleet, "postgres"):
-            role = fleet["hosts"][app]["mi_identity"]["name"]
-            for grant in fleet["hosts"][app]["mi_databases"][0]["grants"]:
-                kind = grant["object_type"]
-                if kind == "database":
-                    objects, check = ["appdb"], "has_database_privilege"
-                elif kind == "schema":
-                    objects, check = [grant["schema"]], "has_schema_privilege"
-                else:
-                    relkind = "r" if kind == "table" else "S"
-                    objects = [f"{grant['schema']}.{name}" for name in grant.get("objects") or [row[0] for row in
-                               conn.execute("SELECT relname FROM pg_class WHERE relkind = %s AND relnamespace = "
-                                            "%s::regnamespace", (relkind, grant["schema"]))]]
-                    check = "has_table_privilege" if kind == "table" else "has_sequence_privilege"
-                for name in objects:
-                    for privilege in grant["privileges"]:
-                        if not conn.execute(f"SELECT {check}(%s, %s, %s)", (role, name, privilege)).fetchone()[0]:
-                            missing.append(f"{role}: {privilege} on {name}")
+    for grant in grants:
+        kind = grant["object_type"]
+        if kind == "database":
+            objects, check = [database], "has_database_privilege"
+        elif kind == "schema":
+            objects, check = [grant["schema"]], "has_schema_privilege"
+        else:
+            relkind = "r" if kind == "table" else "S"
+            objects = [f"{grant['schema']}.{name}" for name in grant.get("objects") or [row[0] for row in
+                       conn.execute("SELECT relname FROM pg_class WHERE relkind = %s AND relnamespace = "
+                                    "%s::regnamespace", (relkind, grant["schema"]))]]
+            check = "has_table_privilege" if kind == "table" else "has_sequence_privilege"
+        for name in objects:
+            for privilege in grant["privileges"]:
+                if not conn.execute(f"SELECT {check}(%s, %s, %s)", (role, name, privilege)).fetchone()[0]:
+                    missing.append(f"{role}: {privilege} on {name}")
     return missing
+
+
+def missing_pg_grants(lab, fleet) -> list[str]:
+    """Every privilege the fleet's inventory lists that a PostgreSQL principal lacks in the real catalog."""
+    missing = []
+    for app in kinds(fleet, "postgres"):
+        database = fleet["hosts"][app]["mi_databases"][0]
+        with superuser(lab, database["database"]) as conn:
+            missing += pg_privileges_missing(conn, database["database"], fleet["hosts"][app]["mi_identity"]["name"],
+                                             database["grants"])
+    return missing
+
+
+def assert_fleet_converged(lab, fleet) -> dict:
+    """Every application of ``fleet`` is in the migration report, verified as its identity and switched; every
+    PostgreSQL privilege, Azure SQL role and Cosmos DB assignment the inventory lists is in place. Returns the report,
+    by application."""
+    report = {entry["application"]: entry for entry in
+              json.loads((lab.state / "reports" / "migration-report.json").read_text())}
+    assert set(report) == set(fleet["hosts"])
+    for app, entry in report.items():
+        [db] = entry["databases"]
+        cosmos = fleet["hosts"][app]["mi_databases"][0]["type"] == "cosmos"  # no users: the token's principal
+        expected = entry["identity"]["principal_id"] if cosmos else fleet["hosts"][app]["mi_identity"]["name"]
+        assert db["login_verified_as"] == expected, (app, db)
+        assert entry["switched"] is True, app
+    assert missing_pg_grants(lab, fleet) == []
+    for app in kinds(fleet, "sql"):
+        db = fleet["hosts"][app]["mi_databases"][0]
+        assert sql_roles(lab, db["server"], db["database"], fleet["hosts"][app]["mi_identity"]["name"]) == \
+            sorted(db["roles"]), app
+    assignments = [r["properties"]["principalId"] for r in lab.lab_api("GET", "state")["resources"]
+                   if r["type"] == "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments"]
+    assert sorted(assignments) == sorted(report[app]["identity"]["principal_id"] for app in kinds(fleet, "cosmos"))
+    return report
 
 
 def sql_roles(lab, server: str, database: str, user: str) -> list[str] | None:

@@ -39,8 +39,8 @@ import time
 import pytest
 import yaml
 
-from labrunner import (REPO, VENV_BIN, arm_servers, demo_app_mode, entra_only, kinds, missing_pg_grants, password_login,
-                       recap, running_lab, sql_roles, vault_client, vault_roles, watch_playbook)
+from labrunner import (REPO, VENV_BIN, arm_servers, assert_fleet_converged, demo_app_mode, entra_only, kinds,
+                       password_login, recap, running_lab, vault_client, vault_roles, watch_playbook)
 
 FLEET_APPS = 20
 FAULTED_APP, FAULTED_ROLE = "fleet-005-pg", "mi-fleet-005-pg"  # read-write on schema orders
@@ -171,23 +171,7 @@ def test_a_plain_rerun_converges_with_every_application_verified(lab, fleet):
     status, output = migrate(lab, fleet, "run 5 (converge)")
     assert status == 0, output[-4000:]
     assert all(host["failed"] == 0 for host in recap(output).values())
-    report = {app["application"]: app for app in
-              json.loads((lab.state / "reports" / "migration-report.json").read_text())}
-    assert set(report) == set(fleet["hosts"])
-    for app, entry in report.items():
-        [db] = entry["databases"]
-        cosmos = fleet["hosts"][app]["mi_databases"][0]["type"] == "cosmos"  # no users: the token's principal
-        expected = entry["identity"]["principal_id"] if cosmos else fleet["hosts"][app]["mi_identity"]["name"]
-        assert db["login_verified_as"] == expected, (app, db)
-        assert entry["switched"] is True, app
-    assert missing_pg_grants(lab, fleet) == []
-    for app in kinds(fleet, "sql"):
-        db = fleet["hosts"][app]["mi_databases"][0]
-        assert sql_roles(lab, db["server"], db["database"], fleet["hosts"][app]["mi_identity"]["name"]) == \
-            sorted(db["roles"]), app
-    assignments = [r["properties"]["principalId"] for r in lab.lab_api("GET", "state")["resources"]
-                   if r["type"] == "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments"]
-    assert sorted(assignments) == sorted(report[app]["identity"]["principal_id"] for app in kinds(fleet, "cosmos"))
+    assert_fleet_converged(lab, fleet)
     servers = arm_servers(lab)
     assert servers["pg-lab"]["authConfig"]["passwordAuth"] == "Disabled" and password_login(lab, "pg-lab") == "refused"
     assert all(entra_only(servers[s]) for s in ("sql-lab", "sql-lab-2", "sql-fleet-3"))
