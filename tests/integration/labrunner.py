@@ -269,7 +269,7 @@ def superuser(lab, dbname="appdb"):
 
 
 def pg_privileges_missing(conn, database: str, role: str, grants: list[dict]) -> list[str]:
-    """``"<role>: <privilege> on <object>"`` for each privilege in ``grants`` (the inventory's ``mi_databases[].grants``
+    """``"<role>: no <privilege> on <object>"`` for each privilege in ``grants`` (the inventory's ``mi_databases[].grants``
     shape) that ``role`` lacks in ``database``, read from the real catalog over ``conn`` (a superuser's psycopg connection
     to that database). Tables and sequences with no ``objects`` listed mean every one in the schema."""
     missing = []
@@ -288,7 +288,7 @@ def pg_privileges_missing(conn, database: str, role: str, grants: list[dict]) ->
         for name in objects:
             for privilege in grant["privileges"]:
                 if not conn.execute(f"SELECT {check}(%s, %s, %s)", (role, name, privilege)).fetchone()[0]:
-                    missing.append(f"{role}: {privilege} on {name}")
+                    missing.append(f"{role}: no {privilege} on {name}")
     return missing
 
 
