@@ -348,14 +348,17 @@ def reading_section(results: dict) -> list[str]:
 
 
 def like_for_like(results: dict) -> list[str]:
-    """At the largest fleet with baselines: our tutorial phases against each baseline, and the most a run can gain on
-    a serial script with this machine's cores and the measured CPU time (the bound the wall-time targets meet)."""
+    """At the largest fleet with baselines: our tutorial phases against each baseline, and the most a run of our
+    measured CPU time can gain on each with this machine's cores (the bound the wall-time targets meet). Nothing when
+    no fleet has baselines or its run left no task profile."""
     fleets = [fleet for fleet in results["fleets"] if fleet.get("baselines")]
     if not fleets:
         return []
     fleet = fleets[-1]
     apps, ours, cpus = fleet["applications"], fleet["runs"][0]["first"], results["machine"]["cpus"]
     phases = phase_wall(ours)
+    if not phases or not ours["cpu_s"]:
+        return []
     lines = [f"- Like for like at N = {apps}: the tutorial's phases of migrate.yml ({', '.join(TUTORIAL_PHASES)}) took "
              f"{phases} s of its {fleet['first_wall_s']} s; "
              + "; ".join(f"{theirs['wall_s'] / phases:.2f}x faster than {label} ({theirs['wall_s']} s)"
